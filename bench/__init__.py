@@ -1,0 +1,10 @@
+"""Benchmark and ablation harness for low-bit quantization of SAM2.
+
+Importing `bench` is cheap: models, methods and tasks are loaded on first use.
+"""
+
+__version__ = "0.1.0"
+
+
+class BenchError(Exception):
+    """A user-facing error: the CLI prints its message as one line and exits non-zero."""

@@ -1,0 +1,145 @@
+"""The model zoo: official SAM2 / SAM2.1 sizes and the built-in `micro` model.
+
+Every model is built as a `SAM2VideoPredictor` (a SAM2Base subclass), so the same object
+serves video propagation and, wrapped in `SAM2ImagePredictor`, box-prompted images. Hydra is
+used only here, through sam2's own config files.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from bench import BenchError
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+ASSET_DIR = Path(__file__).parent / "assets"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    config: str  # relative to sam2's package dir, or an absolute path for our own configs
+    checkpoint: str  # official file name, looked up in the checkpoint folder
+    description: str
+
+
+def _official(name: str, version: str, size: str, long: str, params: str) -> ModelEntry:
+    cfg = f"configs/{version}/{version}_hiera_{size}.yaml"
+    return ModelEntry(name, cfg, f"{version}_hiera_{long}.pt", f"SAM {version[3:]} Hiera-{long} ({params})")
+
+
+MODELS: dict[str, ModelEntry] = {
+    e.name: e
+    for e in [
+        _official("sam2.1-t", "sam2.1", "t", "tiny", "38.9M"),
+        _official("sam2.1-s", "sam2.1", "s", "small", "46.0M"),
+        _official("sam2.1-b+", "sam2.1", "b+", "base_plus", "80.8M"),
+        _official("sam2.1-l", "sam2.1", "l", "large", "224.4M"),
+        _official("sam2-t", "sam2", "t", "tiny", "38.9M"),
+        _official("sam2-s", "sam2", "s", "small", "46.0M"),
+        _official("sam2-b+", "sam2", "b+", "base_plus", "80.8M"),
+        _official("sam2-l", "sam2", "l", "large", "224.4M"),
+        ModelEntry(
+            "micro", str(CONFIG_DIR / "sam2_micro.yaml"), "sam2_micro.pt",
+            "built-in SAM2.1-architecture model, 2.4M params, 256x256 input, ships with the project",
+        ),
+    ]
+}
+
+# Overrides of the official VOS evaluation (tools/vos_inference.py): one palette PNG per frame
+# needs non-overlapping masks; post-processing (hole filling, dynamic multimask) stays off.
+VIDEO_OVERRIDES = {
+    "_target_": "sam2.sam2_video_predictor.SAM2VideoPredictor",
+    "non_overlap_masks": True,
+}
+
+
+def model_entry(name: str) -> ModelEntry:
+    if name not in MODELS:
+        raise BenchError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+    return MODELS[name]
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def checkpoint_path(name: str, checkpoints: str | os.PathLike | None = None) -> Path:
+    """Where the checkpoint of `name` must be: `checkpoints`, else $BENCH_CHECKPOINTS; the
+    micro model's defaults to the one shipped in bench/assets."""
+    entry = model_entry(name)
+    folder = checkpoints or os.environ.get("BENCH_CHECKPOINTS")
+    if folder is None:
+        if name == "micro":
+            return ASSET_DIR / entry.checkpoint
+        raise BenchError(
+            f"model {name}: no checkpoint folder; pass --checkpoints DIR or set $BENCH_CHECKPOINTS "
+            f"to the folder holding {entry.checkpoint}"
+        )
+    path = Path(folder) / entry.checkpoint
+    if name == "micro" and not path.exists():
+        path = ASSET_DIR / entry.checkpoint
+    return path
+
+
+def _config(entry: ModelEntry):
+    import sam2
+    from omegaconf import OmegaConf
+
+    path = Path(entry.config)
+    if not path.is_absolute():
+        path = Path(sam2.__file__).parent / path
+    cfg = OmegaConf.load(path)
+    cfg.model.update(VIDEO_OVERRIDES)
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
+def load_state(path: Path, expected: str) -> dict[str, torch.Tensor]:
+    """The `model` state dict of a SAM2 checkpoint, loaded without unpickling code."""
+    if not path.is_file():
+        raise BenchError(f"checkpoint not found: {path} (expected the file {expected})")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt file, pickle with code, truncated download
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise BenchError(f"checkpoint {path}: cannot be read as a SAM2 checkpoint ({expected}): {msg}") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
+        raise BenchError(f"checkpoint {path}: no 'model' state dict inside (expected the file {expected})")
+    return ckpt["model"]
+
+
+def build_model(
+    name: str,
+    checkpoints: str | os.PathLike | None = None,
+    random_init: bool = False,
+    device: str | None = None,
+    seed: int = 0,
+) -> nn.Module:
+    """A SAM2VideoPredictor in eval mode, with the official weights unless `random_init`."""
+    from hydra.utils import instantiate
+
+    entry = model_entry(name)
+    path = None if random_init else checkpoint_path(name, checkpoints)
+    state = load_state(path, entry.checkpoint) if path is not None else None
+    torch.manual_seed(seed)
+    model = instantiate(_config(entry).model, _recursive_=True)
+    if state is not None:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            bad = (missing or unexpected)[0]
+            kind = "missing" if missing else "unexpected"
+            raise BenchError(
+                f"checkpoint {path}: does not match model {name} ({len(missing)} missing, "
+                f"{len(unexpected)} unexpected keys, first {kind}: {bad}); expected {entry.checkpoint}"
+            )
+    return model.to(device or default_device()).eval()
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

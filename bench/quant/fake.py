@@ -1,0 +1,200 @@
+"""Uniform fake quantization: the spec of a quantizer and the nn.Module that applies it.
+
+Conventions (../design/methods.md, shared by every method):
+  asymmetric: s = (max(x_max, 0) - min(x_min, 0)) / (2^b - 1), z = clamp(-round(x_min / s), 0, 2^b - 1),
+              levels [0, 2^b - 1];
+  symmetric:  z = 0, levels [-2^(b-1), 2^(b-1) - 1] (or the narrow range [-(2^(b-1) - 1), ...]),
+              s = max|x| / ((q_max - q_min) / 2), the torch.ao convention;
+  x_hat = s * (clamp(round(x / s) + z, q_min, q_max) - z), with a straight-through `round`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from bench import BenchError
+
+GRANULARITIES = ("tensor", "channel", "group")
+MIN_BITS, MAX_BITS = 2, 8
+
+
+def check_bits(value: object, field: str) -> int:
+    """Validate a bit width; `field` names the offending setting in the error."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BenchError(f"{field}: bit width must be an integer in {MIN_BITS}..{MAX_BITS}, got {value!r}")
+    if not MIN_BITS <= value <= MAX_BITS:
+        raise BenchError(f"{field}: bit width must be in {MIN_BITS}..{MAX_BITS}, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """How one tensor is quantized. `ch_axis` is the channel axis for channel/group granularity;
+    groups split the flattened non-channel dimensions into runs of `group_size`."""
+
+    bits: int
+    symmetric: bool = False
+    granularity: str = "tensor"
+    ch_axis: int = 0
+    group_size: int = 128
+    narrow: bool = False
+
+    def __post_init__(self) -> None:
+        check_bits(self.bits, "bits")
+        if self.granularity not in GRANULARITIES:
+            raise BenchError(f"granularity: expected one of {GRANULARITIES}, got {self.granularity!r}")
+        if self.granularity == "group" and self.group_size < 1:
+            raise BenchError(f"group_size: must be >= 1, got {self.group_size}")
+
+    @property
+    def qmin(self) -> int:
+        if not self.symmetric:
+            return 0
+        return -(2 ** (self.bits - 1)) + (1 if self.narrow else 0)
+
+    @property
+    def qmax(self) -> int:
+        return 2**self.bits - 1 if not self.symmetric else 2 ** (self.bits - 1) - 1
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """round() in the forward pass, identity in the backward pass."""
+    return (x.round() - x).detach() + x
+
+
+def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """Reference uniform fake quantization; gradients reach `x` (inside the range) and `scale`
+    (the LSQ gradient -x/s + round(x/s) inside, q_min - z or q_max - z outside)."""
+    q = torch.clamp(round_ste(x / scale) + zero_point, qmin, qmax)
+    return (q - zero_point) * scale
+
+
+def qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point that cover [lo, hi] (elementwise, any shape)."""
+    tiny = torch.finfo(torch.float32).eps
+    if spec.symmetric:
+        amax = torch.maximum(lo.abs(), hi.abs())
+        scale = (amax / ((spec.qmax - spec.qmin) / 2)).clamp_min(tiny)
+        return scale, torch.zeros_like(scale)
+    lo, hi = lo.clamp(max=0), hi.clamp(min=0)
+    scale = ((hi - lo) / (spec.qmax - spec.qmin)).clamp_min(tiny)
+    zero_point = torch.clamp(-torch.round(lo / scale), spec.qmin, spec.qmax)
+    return scale, zero_point
+
+
+class FakeQuantizer(nn.Module):
+    """A uniform quantizer slot. `spec=None` makes it a pass-through.
+
+    States: `observing` (records running min/max, returns its input unchanged), calibrated
+    (`scale` set; quantizes when `enabled`), or uncalibrated (passes through). Subclasses
+    (learned scales, clipping, log2 quantizers) override `quantize`.
+    """
+
+    def __init__(self, spec: QuantSpec | None) -> None:
+        super().__init__()
+        self.spec = spec
+        self.enabled = spec is not None
+        self.observing = False
+        self.register_buffer("scale", torch.empty(0))
+        self.register_buffer("zero_point", torch.empty(0))
+        self.register_buffer("min_val", torch.empty(0))
+        self.register_buffer("max_val", torch.empty(0))
+
+    @property
+    def calibrated(self) -> bool:
+        return self.scale.numel() > 0
+
+    @property
+    def active(self) -> bool:
+        """True when a forward pass changes its input."""
+        return self.enabled and self.spec is not None and self.calibrated and not self.observing
+
+    def extra_repr(self) -> str:
+        s = self.spec
+        if s is None:
+            return "off"
+        kind = "sym" if s.symmetric else "asym"
+        return f"bits={s.bits}, {kind}, {s.granularity}, active={self.active}"
+
+    # -- layout: per-tensor scalars, per-channel broadcastable vectors, per-group blocks ------
+    def _blocks(self, x: torch.Tensor) -> torch.Tensor:
+        """View x as (channels, groups, group_size) for group granularity."""
+        s = self.spec
+        c = x.movedim(s.ch_axis, 0).reshape(x.shape[s.ch_axis], -1)
+        if c.shape[1] % s.group_size:
+            raise BenchError(f"group_size: {s.group_size} does not divide {c.shape[1]} (tensor {tuple(x.shape)})")
+        return c.reshape(c.shape[0], -1, s.group_size)
+
+    def _unblocks(self, y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        ax = self.spec.ch_axis
+        moved = like.movedim(ax, 0).shape
+        return y.reshape(moved).movedim(0, ax)
+
+    def _reduce(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Min and max of x at this quantizer's granularity."""
+        x = x.detach().float()
+        g = self.spec.granularity
+        if g == "tensor":
+            return x.amin(), x.amax()
+        if g == "channel":
+            dims = [d for d in range(x.dim()) if d != self.spec.ch_axis % x.dim()]
+            return x.amin(dim=dims, keepdim=True), x.amax(dim=dims, keepdim=True)
+        b = self._blocks(x)
+        return b.amin(dim=-1, keepdim=True), b.amax(dim=-1, keepdim=True)
+
+    # -- calibration -------------------------------------------------------------------------
+    def observe(self, x: torch.Tensor) -> None:
+        lo, hi = self._reduce(x)
+        if self.min_val.numel() == 0:
+            self.min_val, self.max_val = lo, hi
+        else:
+            self.min_val = torch.minimum(self.min_val, lo)
+            self.max_val = torch.maximum(self.max_val, hi)
+
+    def set_range(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
+        """Set scale and zero point so that [lo, hi] is covered."""
+        self.scale, self.zero_point = qparams_from_range(lo.float(), hi.float(), self.spec)
+
+    def calibrate_from_observed(self) -> None:
+        if self.min_val.numel() == 0:
+            raise RuntimeError("quantizer observed no data")
+        self.set_range(self.min_val, self.max_val)
+
+    # -- forward -------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.observing:
+            self.observe(x)
+            return x
+        if not self.active:
+            return x
+        return self.quantize(x)
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.spec
+        if s.granularity == "group":
+            b = self._blocks(x)
+            return self._unblocks(fake_quant(b, self.scale, self.zero_point, s.qmin, s.qmax), x)
+        if (
+            s.granularity == "tensor"
+            and x.dtype == torch.float32
+            and not self.scale.requires_grad
+        ):
+            # One fused kernel (same rounding, STE and clipping mask as `fake_quant`).
+            return torch.fake_quantize_per_tensor_affine(
+                x, self.scale.reshape(1), self.zero_point.reshape(1).int(), s.qmin, s.qmax
+            )
+        return fake_quant(x, self.scale.to(x.dtype), self.zero_point.to(x.dtype), s.qmin, s.qmax)
+
+    def codes(self, x: torch.Tensor) -> torch.Tensor:
+        """Integer codes in [0, q_max - q_min] (unsigned, for packing) of a quantized tensor."""
+        s = self.spec
+        if s.granularity == "group":
+            b = self._blocks(x)
+            q = torch.clamp(torch.round(b / self.scale) + self.zero_point, s.qmin, s.qmax)
+            q = self._unblocks(q, x)
+        else:
+            q = torch.clamp(torch.round(x / self.scale) + self.zero_point, s.qmin, s.qmax)
+        return (q - s.qmin).to(torch.uint8)

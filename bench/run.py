@@ -1,0 +1,165 @@
+"""Run one cell: build a model, apply a method, evaluate a task, print one JSON record.
+
+    python -m bench.run --model micro --method rtn --w-bits 4 --a-bits fp --task size
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench import BenchError
+from bench.calib import CalibData
+from bench.method import method_registry
+from bench.models import build_model, default_device, model_entry
+from bench.record import environment, write_json_atomic
+from bench.tasks import TASKS, TaskContext
+
+
+@dataclass(frozen=True)
+class Cell:
+    """Everything that determines one result."""
+
+    model: str
+    method: str
+    task: str
+    w_bits: int | None = None
+    a_bits: int | None = None
+    method_options: dict[str, Any] = field(default_factory=dict)
+    random_init: bool = False
+    checkpoints: str | None = None
+    device: str | None = None
+    calib_dir: str | None = None
+    calib_n: int = 32
+    seed: int = 0
+
+
+def make_method(cell: Cell):
+    """Validate the cell's method and options; returns the method instance."""
+    cls = method_registry().get(cell.method)
+    config = cls.Config.from_dict(
+        {"w_bits": cell.w_bits, "a_bits": cell.a_bits, **cell.method_options}, where=f"method {cell.method}"
+    )
+    return cls(config)
+
+
+def validate(cell: Cell):
+    model_entry(cell.model)
+    TASKS.target(cell.task)
+    return make_method(cell)
+
+
+def load_calibration(cell: Cell) -> CalibData | None:
+    if cell.calib_dir is None:
+        return None
+    return CalibData.from_image_dir(cell.calib_dir, cell.calib_n)
+
+
+def run_cell(cell: Cell, work_dir: Path | None = None) -> dict[str, Any]:
+    """Run a validated cell. Errors inside the method or task give a record with status
+    'failed' and the traceback; BenchError from bad input propagates."""
+    method = validate(cell)
+    device = cell.device or default_device()
+    record: dict[str, Any] = {
+        "model": cell.model, "method": cell.method, "variant": method.variant, "task": cell.task,
+        "w_bits": cell.w_bits, "a_bits": cell.a_bits, "status": "running",
+        "config": {"cell": cell.__dict__, "method": method.config.to_dict()},
+        "metrics": {}, "timings": {}, **environment(device),
+    }
+    timings = record["timings"]
+    t0 = time.perf_counter()
+    torch.manual_seed(cell.seed)
+    model = build_model(cell.model, cell.checkpoints, cell.random_init, device, seed=cell.seed)
+    calib = load_calibration(cell) if method.needs_data() else None
+    timings["build_s"] = time.perf_counter() - t0
+    try:
+        t = time.perf_counter()
+        model = method.apply(model, calib)
+        timings["apply_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            ctx = TaskContext(cell.model, device, Path(work_dir or tmp))
+            record["metrics"] = TASKS.get(cell.task)(model, ctx)
+        timings["task_s"] = time.perf_counter() - t
+        record["status"] = "ok"
+    except BenchError:
+        raise
+    except Exception as e:
+        record["status"] = "failed"
+        record["error"] = f"{type(e).__name__}: {e}"
+        record["traceback"] = traceback.format_exc()
+    timings["total_s"] = time.perf_counter() - t0
+    return record
+
+
+def parse_bits(text: str) -> int | None:
+    if text.lower() in ("fp", "none", "32", "16"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer bit width or 'fp', got {text!r}") from None
+
+
+def parse_option(text: str) -> tuple[str, Any]:
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, yaml.safe_load(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="micro", help="model name (python -m bench.list); default: micro")
+    p.add_argument("--method", default="fp", help="method name (python -m bench.list); default: fp")
+    p.add_argument("--w-bits", type=parse_bits, default=None, help="weight bits 2..8, or fp (default)")
+    p.add_argument("--a-bits", type=parse_bits, default=None, help="activation bits 2..8, or fp (default)")
+    p.add_argument("--task", default="size", help="task name (python -m bench.list); default: size")
+    p.add_argument("--set", dest="options", type=parse_option, action="append", default=[],
+                   metavar="KEY=VALUE", help="a method option (YAML value), repeatable")
+    p.add_argument("--checkpoints", help="folder with official checkpoints (default: $BENCH_CHECKPOINTS)")
+    p.add_argument("--random-init", action="store_true", help="build without loading weights")
+    p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when present, else cpu)")
+    p.add_argument("--calib-dir", help="folder of calibration images (first --calib-n by name)")
+    p.add_argument("--calib-n", type=int, default=32, help="number of calibration images (default 32)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="also write the record to this JSON file (atomically)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cell = Cell(
+        model=args.model, method=args.method, task=args.task, w_bits=args.w_bits, a_bits=args.a_bits,
+        method_options=dict(args.options), random_init=args.random_init, checkpoints=args.checkpoints,
+        device=args.device, calib_dir=args.calib_dir, calib_n=args.calib_n, seed=args.seed,
+    )
+    try:
+        record = run_cell(cell)
+    except BenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    text = json.dumps(record, indent=2, sort_keys=True, default=str)
+    print(text)
+    if args.out:
+        write_json_atomic(args.out, json.loads(text))
+    if record["status"] != "ok":
+        print(f"error: cell failed: {record['error']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
