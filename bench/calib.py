@@ -68,9 +68,9 @@ def read_rgb(path: Path) -> np.ndarray:
 @torch.no_grad()
 def run_images(model: nn.Module, images: list[CalibImage]) -> None:
     """SAM's box-prompted image path on each image (single-mask output)."""
-    from sam2.sam2_image_predictor import SAM2ImagePredictor
+    from bench.models import image_predictor
 
-    predictor = SAM2ImagePredictor(model)
+    predictor = image_predictor(model)
     for item in images:
         predictor.set_image(item.image)
         predictor.predict(box=item.boxes, multimask_output=False)

@@ -130,16 +130,35 @@ def build_model(
     torch.manual_seed(seed)
     model = instantiate(_config(entry).model, _recursive_=True)
     if state is not None:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            bad = (missing or unexpected)[0]
-            kind = "missing" if missing else "unexpected"
-            raise BenchError(
-                f"checkpoint {path}: does not match model {name} ({len(missing)} missing, "
-                f"{len(unexpected)} unexpected keys, first {kind}: {bad}); expected {entry.checkpoint}"
-            )
+        _check_state(model, state, f"checkpoint {path}: does not match model {name}", entry.checkpoint)
+        model.load_state_dict(state)
     return model.to(device or default_device()).eval()
+
+
+def _check_state(model: nn.Module, state: dict, what: str, expected: str) -> None:
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shape = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shape:
+        first = (missing and f"first missing: {missing[0]}") or (
+            unexpected and f"first unexpected: {unexpected[0]}") or f"first shape mismatch: {shape[0]}"
+        raise BenchError(
+            f"{what} ({len(missing)} missing, {len(unexpected)} unexpected, {len(shape)} mis-shaped keys, "
+            f"{first}); expected {expected}"
+        )
 
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def image_predictor(model: nn.Module):
+    """sam2's `SAM2ImagePredictor` for `model`, with backbone feature sizes derived from the
+    model's input size (sam2 hard-codes those of the 1024x1024 models)."""
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    predictor = SAM2ImagePredictor(model)
+    size = model.image_size
+    predictor._bb_feat_sizes = [(size // 4, size // 4), (size // 8, size // 8), (size // 16, size // 16)]
+    return predictor

@@ -22,9 +22,12 @@ def activation_quantizers(model: nn.Module) -> Iterator[tuple[str, FakeQuantizer
 
 def calibrate_weights(model: nn.Module) -> int:
     """Min/max ranges for every weight quantizer; returns how many were set."""
-    layers = [m for m in model.modules() if isinstance(m, QuantLayer) and m.wq.spec is not None]
-    for m in layers:
-        m.calibrate_weight()
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, QuantLayer) and m.wq.spec is not None}
+    for name, m in layers.items():
+        try:
+            m.calibrate_weight()
+        except BenchError as e:
+            raise BenchError(f"{name}: {e}") from None
     return len(layers)
 
 

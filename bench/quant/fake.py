@@ -60,15 +60,29 @@ class QuantSpec:
         return 2**self.bits - 1 if not self.symmetric else 2 ** (self.bits - 1) - 1
 
 
+class _RoundSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return torch.round(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad
+
+
 def round_ste(x: torch.Tensor) -> torch.Tensor:
-    """round() in the forward pass, identity in the backward pass."""
-    return (x.round() - x).detach() + x
+    """round() in the forward pass (exact integers), identity in the backward pass.
+    (`(x.round() - x).detach() + x` is not exact in float and shifts values at the range edge.)"""
+    return _RoundSTE.apply(x)
 
 
 def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
     """Reference uniform fake quantization; gradients reach `x` (inside the range) and `scale`
     (the LSQ gradient -x/s + round(x/s) inside, q_min - z or q_max - z outside)."""
-    q = torch.clamp(round_ste(x / scale) + zero_point, qmin, qmax)
+    q = round_ste(x / scale) + zero_point
+    # inclusive range: the gradient passes where q_min <= q <= q_max (torch.clamp drops it at
+    # the bounds themselves); same mask as torch's fused fake-quant kernels
+    q = torch.where(q < qmin, qmin, torch.where(q > qmax, qmax, q))
     return (q - zero_point) * scale
 
 
