@@ -129,7 +129,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=7, help="timed rounds per variant (default 7)")
     p.add_argument("--size", type=int, default=1024, help="input side in pixels (default 1024)")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: as is)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch.set_num_threads (default: torch's own choice)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -145,7 +146,8 @@ def main() -> None:
         "(b) (a) + attention": ours(fp, attention=True, calib=calib),
         "peer torch.ao": peer(fp, calib),
     }
-    print(f"(a) vs FP vision_features max |diff| = {check(fp, variants['(a) W4A4 Linear'], variants['(b) (a) + attention'], x):.4g} (> 0)")
+    a, b = variants["(a) W4A4 Linear"], variants["(b) (a) + attention"]
+    print(f"(a) vs FP vision_features max |diff| = {check(fp, a, b, x):.4g} (> 0)")
 
     times = timed({n: (lambda m=m: m.image_encoder(x)) for n, m in variants.items()}, args.repeats)
     med = {n: statistics.median(t) for n, t in times.items()}
