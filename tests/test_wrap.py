@@ -13,6 +13,7 @@ from bench.quant import (
     QuantPlan,
     QuantSpec,
     Scope,
+    attention,
     quant_attentions,
     quant_layers,
     wrap,
@@ -56,10 +57,15 @@ def test_weight_cache_follows_in_place_updates():
         first = q.qweight().clone()
         assert q.qweight() is q.qweight()  # cached in evaluation
         lin.weight.mul_(0.5)
-        assert not torch.equal(q.qweight(), first)
+        second = q.qweight().clone()
+        assert not torch.equal(second, first)
+        q.wq.set_range(torch.full((4, 1), -0.01), torch.full((4, 1), 0.01))  # a new range object
+        assert q.qweight().abs().max() <= 0.01 + q.wq.scale.max().item()
+        q.weight = nn.Parameter(torch.zeros(4, 16))  # a new weight object
+        assert q.qweight().abs().max() == 0
     # with autograd on, the weight is re-quantized and gradients reach it
     q(torch.randn(2, 16)).sum().backward()
-    assert lin.weight.grad is not None and lin.weight.grad.abs().sum() > 0
+    assert q.weight.grad is not None and q.weight.grad.abs().sum() > 0
 
 
 def _decoder_outputs(model, image, boxes):
@@ -122,7 +128,7 @@ def test_memory_attention_identity_and_quantized_change(micro_fp, micro):
         assert (out_q - ref).abs().max() > 1e-3
 
 
-def test_explicit_attention_quantizes_probabilities():
+def test_explicit_attention_quantizes_probabilities(monkeypatch):
     from sam2.modeling.backbones.hieradet import MultiScaleAttention
 
     base = MultiScaleAttention(16, 16, num_heads=2)
@@ -144,6 +150,15 @@ def test_explicit_attention_quantizes_probabilities():
     assert len(torch.unique(p_hat)) <= 4
     expected = base.proj((p_hat @ v).transpose(1, 2).reshape(1, 4, 4, -1))
     assert torch.allclose(out, expected, atol=1e-5)
+    # the inference path in blocks of query rows gives the same result
+    q.keep_probs = False
+    monkeypatch.setattr(attention, "BLOCK_ELEMENTS", 3 * 16)  # 3 query rows of one head per block
+    blocks = []
+    core = q._core
+    monkeypatch.setattr(q, "_core", lambda *a, **kw: blocks.append(a[0].shape[-2]) or core(*a, **kw))
+    with torch.no_grad():
+        assert torch.allclose(q(x), out, atol=1e-6)
+    assert blocks == [3, 3, 3, 3, 3, 1] * 2  # 2 heads
 
 
 def test_scope_components_patterns_and_preset(micro):
@@ -186,3 +201,46 @@ def test_rtn_weight_error_falls_with_bits(tiny_fp):
             out = m.image_encoder(x)["vision_features"]
         errs[bits] = ((out - ref).pow(2).mean() / ref.pow(2).mean()).item()
     assert errs[8] * 20 < errs[4] and errs[4] * 3 < errs[2], errs
+
+
+@pytest.mark.parametrize("budget, calls", [(2 * 256, 3), (5 * 16, 6 * 4)])
+def test_blocked_attention_equals_whole(monkeypatch, budget, calls):
+    from sam2.modeling.backbones.hieradet import MultiScaleAttention
+
+    q = QuantMultiScaleAttention.from_float(MultiScaleAttention(16, 16, num_heads=2), QuantSpec(4), QuantSpec(3))
+    x = torch.randn(3, 4, 4, 16)  # 3 windows x 2 heads, 16 tokens each
+    for slot in q.SLOTS:
+        getattr(q, slot).observing = True
+    with torch.no_grad():
+        q(x)
+    for slot in q.SLOTS:
+        getattr(q, slot).observing = False
+        getattr(q, slot).calibrate_from_observed()
+    with torch.no_grad():
+        whole = q(x)
+        monkeypatch.setattr(attention, "BLOCK_ELEMENTS", budget)
+        shapes = []
+        core = q._core
+        monkeypatch.setattr(q, "_core", lambda *a, **kw: shapes.append(a[0].shape) or core(*a, **kw))
+        blocked = q(x)
+    assert len(shapes) == calls
+    assert torch.allclose(blocked, whole, atol=1e-6)
+
+
+def test_tiled_linear_equals_untiled(monkeypatch):
+    from bench.quant import modules
+
+    q = QuantLinear(nn.Linear(12, 5), QuantSpec(4, granularity="channel"), QuantSpec(3))
+    q.calibrate_weight()
+    x = torch.randn(2, 9, 12)
+    q.aq.set_range(x.min(), x.max())
+    with torch.no_grad():
+        expected = F.linear(q.aq(x), q.qweight(), q.bias)
+        monkeypatch.setattr(modules, "TILE_ELEMENTS", 4 * 12)  # 4 rows per tile, 5 tiles
+        calls = []
+        aq = q.aq.forward
+        monkeypatch.setattr(q.aq, "forward", lambda t, **kw: calls.append(t.shape[0]) or aq(t, **kw))
+        out = q(x)
+    assert calls == [4, 4, 4, 4, 2]
+    assert out.shape == (2, 9, 5) and torch.allclose(out, expected, atol=1e-6)
+    assert not torch.equal(out, F.linear(x, q.weight, q.bias))

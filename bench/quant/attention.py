@@ -23,6 +23,9 @@ from torch import nn
 
 from bench.quant.fake import FakeQuantizer, QuantSpec
 
+# Probabilities per block in the explicit inference path (2^20 fp32 values = 4 MiB).
+BLOCK_ELEMENTS = 2**20
+
 
 class QuantAttentionMixin:
     """Adds the q/k/v/probability quantizer slots and the explicit attention core."""
@@ -45,18 +48,53 @@ class QuantAttentionMixin:
         return new
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
-        """softmax(q k^T / sqrt(d)) v on (B, heads, N, d) tensors, with the quantizer slots."""
-        q, k, v = self.q_quant(q), self.k_quant(k), self.v_quant(v)
+        """softmax(q k^T / sqrt(d)) v on (B, heads, N, d) tensors, with the quantizer slots.
+        q, k, v are the callers' temporaries (fresh projections): in inference the quantizers
+        write into them."""
+        q, k, v = self.q_quant(q, inplace=True), self.k_quant(k, inplace=True), self.v_quant(v, inplace=True)
         if not (self.explicit or self.keep_probs or self.p_quant.active or self.p_quant.observing):
             return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
-        logits = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
-        probs = logits.softmax(dim=-1)
-        if self.keep_probs:
-            self.last_probs = probs.detach()
-        probs = self.p_quant(probs)
+        q = q * (1.0 / math.sqrt(q.shape[-1]))  # scale the (N, d) queries, not the (N, N) logits
+        learning = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+        lead = q.shape[:-2]
+        if (
+            self.keep_probs or learning or dropout_p > 0.0 or k.shape[:-2] != lead or v.shape[:-2] != lead
+            or math.prod(q.shape[:-1]) * k.shape[-2] <= BLOCK_ELEMENTS
+        ):
+            return self._core(q, k, v, dropout_p)
+        return self._blocked(q, k, v)
+
+    def _blocked(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Inference in blocks of (batch x head, query rows) whose probabilities stay in cache:
+        the same values as `_core` (softmax is row-wise, the probability quantizer elementwise),
+        without the memory traffic of the full probability tensor."""
+        lead, (nq, nk) = q.shape[:-2], (q.shape[-2], k.shape[-2])
+        qf, kf, vf = (t.reshape(-1, *t.shape[-2:]) for t in (q, k, v))
+        out = qf.new_empty(qf.shape[0], nq, vf.shape[-1])
+        heads = max(1, BLOCK_ELEMENTS // (nq * nk))  # whole (batch x head) slices per block
+        rows = nq if heads > 1 else max(1, BLOCK_ELEMENTS // nk)
+        for h in range(0, qf.shape[0], heads):
+            hs = slice(h, h + heads)
+            for r in range(0, nq, rows):
+                self._core(qf[hs, r : r + rows], kf[hs], vf[hs], out=out[hs, r : r + rows])
+        return out.reshape(*lead, nq, vf.shape[-1])
+
+    def _core(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """softmax(q k^T) v for pre-scaled q (the probabilities are temporaries of this call,
+        so in inference they are normalized and quantized in place)."""
+        logits = q @ k.transpose(-2, -1)
+        if self.keep_probs or torch.is_grad_enabled():
+            probs = logits.softmax(dim=-1)
+            if self.keep_probs:
+                self.last_probs = probs.detach().clone()
+        else:
+            probs = torch.softmax(logits, dim=-1, out=logits)
+        probs = self.p_quant(probs, inplace=True)
         if dropout_p > 0.0:
             probs = F.dropout(probs, p=dropout_p)
-        return probs @ v
+        return torch.matmul(probs, v, out=out)
 
 
 class QuantMultiScaleAttention(QuantAttentionMixin, MultiScaleAttention):

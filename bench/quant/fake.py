@@ -86,6 +86,12 @@ def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, q
     return (q - zero_point) * scale
 
 
+def tensor_version(t: torch.Tensor) -> int:
+    """In-place modification counter (inference tensors have none: they cannot be modified
+    outside inference mode)."""
+    return -1 if t.is_inference() else t._version
+
+
 def qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point that cover [lo, hi] (elementwise, any shape)."""
     tiny = torch.finfo(torch.float32).eps
@@ -116,6 +122,19 @@ class FakeQuantizer(nn.Module):
         self.register_buffer("zero_point", torch.empty(0))
         self.register_buffer("min_val", torch.empty(0))
         self.register_buffer("max_val", torch.empty(0))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if isinstance(value, torch.Tensor):
+            self.__dict__["_assignments"] = self.__dict__.get("_assignments", 0) + 1
+        super().__setattr__(name, value)
+
+    def qparams_key(self) -> tuple:
+        """Changes whenever a tensor of this quantizer (scale, zero point, a subclass's learned
+        parameters) is reassigned or modified in place, or its switches change: the key of the
+        caches built on it."""
+        tensors = (*self._parameters.values(), *self._buffers.values())
+        versions = tuple(tensor_version(t) for t in tensors if t is not None)
+        return self.__dict__.get("_assignments", 0), versions, self.enabled, self.observing
 
     @property
     def calibrated(self) -> bool:
@@ -178,29 +197,46 @@ class FakeQuantizer(nn.Module):
         self.set_range(self.min_val, self.max_val)
 
     # -- forward -------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """Quantize `x`. `inplace=True` lets the caller give up `x` (a temporary it owns): in
+        inference the result may then be written into it."""
         if self.observing:
             self.observe(x)
             return x
         if not self.active:
             return x
+        if inplace and self._inference_path(x) and type(self).quantize is FakeQuantizer.quantize:
+            scale, lo, hi = self._scalars()
+            return x.div_(scale).round_().clamp_(lo, hi).mul_(scale)
         return self.quantize(x)
+
+    def _inference_path(self, x: torch.Tensor) -> bool:
+        """Per-tensor and no gradient wanted: the elementwise path with scalar arguments."""
+        if self.spec.granularity != "tensor":
+            return False
+        return not (torch.is_grad_enabled() and (x.requires_grad or self.scale.requires_grad))
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         s = self.spec
         if s.granularity == "group":
             b = self._blocks(x)
             return self._unblocks(fake_quant(b, self.scale, self.zero_point, s.qmin, s.qmax), x)
-        if (
-            s.granularity == "tensor"
-            and x.dtype == torch.float32
-            and not self.scale.requires_grad
-        ):
-            # One fused kernel (same rounding, STE and clipping mask as `fake_quant`).
-            return torch.fake_quantize_per_tensor_affine(
-                x, self.scale.reshape(1), self.zero_point.reshape(1).int(), s.qmin, s.qmax
-            )
+        if self._inference_path(x):
+            # The same arithmetic as `fake_quant` (clamp(round(x/s) + z) - z equals
+            # clamp(round(x/s), q_min - z, q_max - z)), in place on one fresh tensor.
+            scale, lo, hi = self._scalars()
+            return x.div(scale).round_().clamp_(lo, hi).mul_(scale)
         return fake_quant(x, self.scale.to(x.dtype), self.zero_point.to(x.dtype), s.qmin, s.qmax)
+
+    def _scalars(self) -> tuple[float, float, float]:
+        """Per-tensor (scale, q_min - z, q_max - z) as Python numbers (scalar kernel arguments
+        are cheaper than 0-dim tensors), read once per change of the quantization parameters."""
+        key = self.qparams_key()
+        if getattr(self, "_scalars_key", None) != key:
+            z = float(self.zero_point)
+            self._scalars_cache = (float(self.scale), self.spec.qmin - z, self.spec.qmax - z)
+            self._scalars_key = key
+        return self._scalars_cache
 
     def codes(self, x: torch.Tensor) -> torch.Tensor:
         """Integer codes in [0, q_max - q_min] (unsigned, for packing) of a quantized tensor."""

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.quant.fake import FakeQuantizer, QuantSpec
+from bench.quant.fake import FakeQuantizer, QuantSpec, tensor_version
 
 
 class QuantLayer(nn.Module):
@@ -33,6 +33,11 @@ class QuantLayer(nn.Module):
         self._cache: torch.Tensor | None = None
         self._cache_key: tuple | None = None
 
+    def __setattr__(self, name: str, value: object) -> None:
+        if name == "weight":
+            self.__dict__["_assignments"] = self.__dict__.get("_assignments", 0) + 1
+        super().__setattr__(name, value)
+
     def calibrate_weight(self) -> None:
         """Min/max range of the current weight (round-to-nearest)."""
         if self.wq.spec is not None:
@@ -43,12 +48,11 @@ class QuantLayer(nn.Module):
         wq = self.wq
         if not wq.active:
             return self.weight
-        if torch.is_grad_enabled() and (self.weight.requires_grad or wq.scale.requires_grad):
+        learning = self.weight.requires_grad or any(p.requires_grad for p in wq.parameters())
+        if torch.is_grad_enabled() and learning:
             return wq(self.weight)
-        key = (
-            self.weight.data_ptr(), self.weight._version, wq.scale.data_ptr(), wq.scale._version,
-            wq.zero_point._version, type(wq), self.weight.dtype,
-        )
+        w = self.weight
+        key = (self.__dict__.get("_assignments", 0), tensor_version(w), w.dtype, wq, wq.qparams_key())
         if key != self._cache_key:
             with torch.no_grad():
                 self._cache = wq(self.weight)
@@ -66,10 +70,37 @@ def _with_axis(spec: QuantSpec, axis: int) -> QuantSpec:
     return replace(spec, ch_axis=axis)
 
 
+# Input elements per tile (4 MiB of fp32) in the CPU inference path of `QuantLinear.forward`.
+TILE_ELEMENTS = 2**20
+
+
 class QuantLinear(QuantLayer):
     def __init__(self, layer: nn.Linear, w_spec: QuantSpec | None, a_spec: QuantSpec | None) -> None:
         super().__init__(layer, w_spec, a_spec)
         self.in_features, self.out_features = layer.in_features, layer.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.qweight()
+        rows = max(1, TILE_ELEMENTS // x.shape[-1])
+        tiled = (
+            self.aq.active and x.device.type == "cpu" and x.numel() > 2 * TILE_ELEMENTS
+            and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))
+        )
+        if not tiled:
+            return F.linear(self.aq(x), w, self.bias)
+        # CPU inference: quantize the input tile by tile into the matrix product, so that the
+        # quantized input never exists at full size (its allocation and memory traffic cost
+        # more than the quantization arithmetic). Same values as F.linear(self.aq(x), w, b).
+        x2 = x.reshape(-1, x.shape[-1])
+        out = x2.new_empty(x2.shape[0], w.shape[0])
+        wt = w.t()
+        for i in range(0, x2.shape[0], rows):
+            xq = self.aq(x2[i : i + rows])
+            if self.bias is None:
+                torch.mm(xq, wt, out=out[i : i + rows])
+            else:
+                torch.addmm(self.bias, xq, wt, out=out[i : i + rows])
+        return out.reshape(*x.shape[:-1], w.shape[0])
 
     def _forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return F.linear(x, w, self.bias)
