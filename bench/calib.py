@@ -57,6 +57,60 @@ class CalibData:
         return cls(images=images)
 
 
+    @classmethod
+    def from_datasets(cls, davis_root: str | None, coco_root: str | None, n: int) -> CalibData:
+        """`n` images (with their GT boxes) from the COCO train split and `n` frames from the
+        first sequences of the DAVIS train split (whole clips from frame 0 with their frame-0
+        masks, the last one cut to make `n`); deterministic, sorted by id / name."""
+        calib = cls()
+        if coco_root is not None:
+            calib.images = coco_images(coco_root, n)
+        if davis_root is not None:
+            calib.clips = davis_clips(davis_root, n)
+        return calib
+
+
+def coco_images(root: str, n: int, max_boxes: int = 16) -> list[CalibImage]:
+    from bench.data.coco import CocoSet
+    from bench.metrics.coco import box_xywh_to_xyxy
+
+    ds = CocoSet(root, split="train")
+    images = []
+    for image_id in ds.image_ids:
+        anns = ds.annotations(image_id)[:max_boxes]
+        if anns:
+            boxes = np.array([box_xywh_to_xyxy(a["bbox"]) for a in anns], dtype=np.float32)
+            images.append(CalibImage(read_rgb(ds.image_path(image_id)), boxes))
+        if len(images) == n:
+            break
+    return images
+
+
+def davis_clips(root: str, n: int) -> list[CalibClip]:
+    import os
+    import tempfile
+
+    from bench.data.davis import DavisSet
+
+    ds = DavisSet(root, split="train")
+    clips, left = [], n
+    links = Path(tempfile.mkdtemp(prefix="bench-calib-"))
+    for seq in ds.sequences:
+        names = ds.frames(seq)[:left]
+        if len(names) < 2:
+            break
+        first = ds.read_mask(seq, names[0])
+        folder = links / seq
+        folder.mkdir()
+        for name in names:
+            os.symlink(ds.image_path(seq, name).resolve(), folder / f"{name}.jpg")
+        clips.append(CalibClip(folder, {i: first == i for i in ds.object_ids(seq)}))
+        left -= len(names)
+        if left <= 0:
+            break
+    return clips
+
+
 def read_rgb(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:

@@ -22,7 +22,7 @@ from bench.calib import CalibData
 from bench.method import method_registry
 from bench.models import build_model, default_device, model_entry
 from bench.record import environment, write_json_atomic
-from bench.tasks import TASKS, TaskContext
+from bench.tasks import DATA_FREE_TASKS, TASKS, TaskContext
 
 
 @dataclass(frozen=True)
@@ -38,9 +38,24 @@ class Cell:
     random_init: bool = False
     checkpoints: str | None = None
     device: str | None = None
+    davis_root: str | None = None
+    coco_root: str | None = None
+    split: str = "val"
+    sequences: tuple[str, ...] | None = None
+    max_frames: int | None = None
+    max_images: int | None = None
+    detections: str | None = None
+    multimask: bool = False
     calib_dir: str | None = None
     calib_n: int = 32
     seed: int = 0
+
+    def task_options(self) -> dict[str, Any]:
+        return {
+            "davis_root": self.davis_root, "coco_root": self.coco_root, "split": self.split,
+            "sequences": list(self.sequences) if self.sequences else None, "max_frames": self.max_frames,
+            "max_images": self.max_images, "detections": self.detections, "multimask": self.multimask,
+        }
 
 
 def make_method(cell: Cell):
@@ -58,16 +73,36 @@ def validate(cell: Cell):
     return make_method(cell)
 
 
-def load_calibration(cell: Cell) -> CalibData | None:
-    if cell.calib_dir is None:
-        return None
-    return CalibData.from_image_dir(cell.calib_dir, cell.calib_n)
+def load_calibration(cell: Cell) -> CalibData:
+    """`--calib-dir` images, else `calib_n` images and `calib_n` frames from the train splits
+    of the cell's datasets (the same for every method of the cell)."""
+    if cell.calib_dir is not None:
+        return CalibData.from_image_dir(cell.calib_dir, cell.calib_n)
+    return CalibData.from_datasets(cell.davis_root, cell.coco_root, cell.calib_n)
+
+
+def with_data_roots(cell: Cell) -> Cell:
+    """Dataset roots from the options, else $BENCH_DAVIS / $BENCH_COCO, else the synthetic
+    sets (generated once into the cache, see bench.data.synth.default_root)."""
+    import os
+    from dataclasses import replace
+
+    davis = cell.davis_root or os.environ.get("BENCH_DAVIS")
+    coco = cell.coco_root or os.environ.get("BENCH_COCO")
+    if davis is None and coco is None:
+        from bench.data.synth import default_root
+
+        root = default_root()
+        davis, coco = str(root / "davis"), str(root / "coco")
+    return replace(cell, davis_root=davis, coco_root=coco)
 
 
 def run_cell(cell: Cell, work_dir: Path | None = None) -> dict[str, Any]:
     """Run a validated cell. Errors inside the method or task give a record with status
     'failed' and the traceback; BenchError from bad input propagates."""
     method = validate(cell)
+    if cell.task not in DATA_FREE_TASKS or (method.needs_data() and cell.calib_dir is None):
+        cell = with_data_roots(cell)
     device = cell.device or default_device()
     record: dict[str, Any] = {
         "model": cell.model, "method": cell.method, "variant": method.variant, "task": cell.task,
@@ -87,7 +122,7 @@ def run_cell(cell: Cell, work_dir: Path | None = None) -> dict[str, Any]:
         timings["apply_s"] = time.perf_counter() - t
         t = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
-            ctx = TaskContext(cell.model, device, Path(work_dir or tmp))
+            ctx = TaskContext(cell.model, device, Path(work_dir or tmp), cell.task_options())
             record["metrics"] = TASKS.get(cell.task)(model, ctx)
         timings["task_s"] = time.perf_counter() - t
         record["status"] = "ok"
@@ -132,8 +167,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoints", help="folder with official checkpoints (default: $BENCH_CHECKPOINTS)")
     p.add_argument("--random-init", action="store_true", help="build without loading weights")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when present, else cpu)")
-    p.add_argument("--calib-dir", help="folder of calibration images (first --calib-n by name)")
-    p.add_argument("--calib-n", type=int, default=32, help="number of calibration images (default 32)")
+    p.add_argument("--davis-root", help="DAVIS-2017-layout folder (also MOSE/SA-V in that layout; "
+                   "default $BENCH_DAVIS, else the synthetic set)")
+    p.add_argument("--coco-root", help="COCO-layout folder (default $BENCH_COCO, else the synthetic set)")
+    p.add_argument("--split", default="val", help="evaluation split (default val; calibration uses train)")
+    p.add_argument("--sequences", type=lambda s: tuple(x for x in s.split(",") if x),
+                   help="vos: comma-separated sequence names (default: the whole split)")
+    p.add_argument("--max-frames", type=int, help="vos: first N frames of each sequence")
+    p.add_argument("--max-images", type=int, help="instseg/coco-map: first N images (by id)")
+    p.add_argument("--detections", help="coco-map: detection-results JSON (default ROOT/detections_<split>.json)")
+    p.add_argument("--multimask", action="store_true", help="instseg: best of 3 masks by predicted IoU")
+    p.add_argument("--calib-dir", help="folder of calibration images (default: the datasets' train splits)")
+    p.add_argument("--calib-n", type=int, default=32,
+                   help="calibration images, and video frames, from the train splits (default 32)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="also write the record to this JSON file (atomically)")
     return p
@@ -144,7 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     cell = Cell(
         model=args.model, method=args.method, task=args.task, w_bits=args.w_bits, a_bits=args.a_bits,
         method_options=dict(args.options), random_init=args.random_init, checkpoints=args.checkpoints,
-        device=args.device, calib_dir=args.calib_dir, calib_n=args.calib_n, seed=args.seed,
+        device=args.device, davis_root=args.davis_root, coco_root=args.coco_root, split=args.split,
+        sequences=args.sequences, max_frames=args.max_frames, max_images=args.max_images,
+        detections=args.detections, multimask=args.multimask, calib_dir=args.calib_dir, calib_n=args.calib_n,
+        seed=args.seed,
     )
     try:
         record = run_cell(cell)

@@ -14,6 +14,11 @@ from bench.registry import Registry
 
 TASKS = Registry("task")
 TASKS.register("size", "bench.tasks.size:run")
+TASKS.register("vos", "bench.tasks.vos:run")
+TASKS.register("instseg", "bench.tasks.instseg:run")
+TASKS.register("coco-map", "bench.tasks.coco_map:run")
+
+DATA_FREE_TASKS = frozenset({"size"})  # tasks that read no dataset
 
 
 @dataclass

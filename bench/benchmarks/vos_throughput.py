@@ -1,0 +1,72 @@
+"""VOS evaluation throughput: the harness's `vos` task vs a bare SAM2VideoPredictor loop.
+
+Both run the same model on the same sequences: the bare loop is `init_state`, `add_new_mask`
+for every first-frame object, `propagate_in_video` and nothing else; the task adds what an
+evaluation needs (frame selection, thresholding, palette PNGs, J&F scoring). Timed
+round-robin in one process; frames/s = frames / median wall time.
+
+    python -m bench.benchmarks.vos_throughput [--model micro] [--davis-root ROOT] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from bench.models import build_model
+from bench.run import Cell, with_data_roots
+from bench.tasks import TaskContext, vos
+
+
+@torch.inference_mode()
+def bare_loop(model, ds, folders: dict[str, Path]) -> int:
+    frames = 0
+    for seq, folder in folders.items():
+        first = ds.read_mask(seq, ds.frames(seq)[0])
+        state = model.init_state(str(folder))
+        for obj_id in ds.object_ids(seq):
+            model.add_new_mask(state, frame_idx=0, obj_id=obj_id, mask=first == obj_id)
+        for _ in model.propagate_in_video(state):
+            frames += 1
+        model.reset_state(state)
+    return frames
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="micro")
+    p.add_argument("--checkpoints")
+    p.add_argument("--davis-root")
+    p.add_argument("--device")
+    p.add_argument("--repeats", type=int, default=5)
+    args = p.parse_args(argv)
+    cell = with_data_roots(Cell(model=args.model, method="fp", task="vos", davis_root=args.davis_root))
+    model = build_model(args.model, args.checkpoints, device=args.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = TaskContext(args.model, str(model.device), Path(tmp), {**cell.task_options(), "progress": False})
+        ds = vos.dataset(ctx)
+        folders = {s: vos.frames_folder(ds, s, Path(tmp) / "bare" / s) for s in ds.sequences}
+        runs = {"bare loop": lambda: bare_loop(model, ds, folders), "vos task": lambda: vos.run(model, ctx)["frames"]}
+        times: dict[str, list[float]] = {n: [] for n in runs}
+        frames = {n: f() for n, f in runs.items()}  # warm-up
+        for _ in range(args.repeats):
+            for n, f in runs.items():
+                t0 = time.perf_counter()
+                f()
+                times[n].append(time.perf_counter() - t0)
+    fps = {n: frames[n] / statistics.median(t) for n, t in times.items()}
+    print(f"{args.model} on {cell.davis_root} ({len(ds.sequences)} sequences, {frames['bare loop']} frames), "
+          f"device {model.device}, torch threads {torch.get_num_threads()}, repeats {args.repeats}")
+    for n in runs:
+        print(f"{n:<10} {fps[n]:8.1f} frames/s  (median {statistics.median(times[n]):.2f} s)")
+    ratio = fps["vos task"] / fps["bare loop"]
+    print(f"ratio task / bare = {ratio:.3f} (goal >= 0.95: {'met' if ratio >= 0.95 else 'NOT met'})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""`vos`: semi-supervised video object segmentation, J&F on a DAVIS-2017-layout set.
+
+The official SAM2 protocol (`tools/vos_inference.py`): per sequence, `init_state` on its
+frames, `add_new_mask` on frame 0 for every object of the first GT frame, `propagate_in_video`,
+logits thresholded at 0, post-processing off, one palette PNG per frame (lower object ids
+drawn last, as the official script does). The predictions are then scored by
+`bench.metrics.davis.evaluate_vos` exactly as `python -m bench.score vos` scores a folder.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from bench import BenchError
+from bench.data.davis import DavisSet, write_palette_png
+from bench.metrics.davis import evaluate_vos
+from bench.tasks import TaskContext
+
+HIGHER_IS_BETTER = {"J&F": True, "J": True, "F": True, "fps": True}
+
+
+def frames_folder(ds: DavisSet, seq: str, into: Path) -> Path:
+    """A folder holding exactly the sequence's selected frames (links), as `init_state` reads
+    every JPEG of the folder it is given."""
+    into.mkdir(parents=True, exist_ok=True)
+    for name in ds.frames(seq):
+        link = into / f"{name}.jpg"
+        if not link.exists():
+            os.symlink(ds.image_path(seq, name).resolve(), link)
+    return into
+
+
+def merge(per_obj: dict[int, np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+    """One label map from binary object masks; lower ids win overlaps (official script)."""
+    out = np.zeros(shape, np.uint8)
+    for obj_id in sorted(per_obj, reverse=True):
+        out[per_obj[obj_id]] = obj_id
+    return out
+
+
+@torch.inference_mode()
+def predict_sequence(model: nn.Module, ds: DavisSet, seq: str, frames_dir: Path, out_dir: Path) -> int:
+    """Write the predicted palette PNGs of one sequence; returns the number of frames."""
+    names = ds.frames(seq)
+    first = ds.read_mask(seq, names[0])
+    state = model.init_state(str(frames_dir))
+    for obj_id in ds.object_ids(seq):
+        model.add_new_mask(state, frame_idx=0, obj_id=obj_id, mask=first == obj_id)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for idx, obj_ids, logits in model.propagate_in_video(state):
+        masks = (logits > 0.0).cpu().numpy()[:, 0]
+        write_palette_png(out_dir / f"{names[idx]}.png", merge(dict(zip(obj_ids, masks)), first.shape))
+    model.reset_state(state)
+    return len(names)
+
+
+def dataset(ctx: TaskContext) -> DavisSet:
+    o = ctx.options
+    if not o.get("davis_root"):
+        raise BenchError("vos needs a DAVIS-layout folder: --davis-root or $BENCH_DAVIS")
+    return DavisSet(o["davis_root"], split=o.get("split", "val"), sequences=o.get("sequences"),
+                    max_frames=o.get("max_frames"))
+
+
+def run(model: nn.Module, ctx: TaskContext) -> dict:
+    ds = dataset(ctx)
+    pred_dir = ctx.work_dir / "vos_predictions"
+    frames = 0
+    t0 = time.perf_counter()
+    for seq in tqdm(ds.sequences, desc="vos", unit="seq", disable=not ctx.options.get("progress", True)):
+        frames += predict_sequence(model, ds, seq, frames_folder(ds, seq, ctx.work_dir / "vos_frames" / seq),
+                                   pred_dir / seq)
+    seconds = time.perf_counter() - t0
+    scores = evaluate_vos(ds, pred_dir)
+    return {**scores, "frames": frames, "fps": frames / seconds, "sequences": len(ds.sequences)}

@@ -1,0 +1,306 @@
+"""Train the built-in `micro` SAM2 on the synthetic train stream.
+
+    python -m bench.train_micro --out bench/assets/sam2_micro.pt [--steps 9000] [--seed 0]
+
+The same SAM2 architecture and forward code as the official models (`SAM2Base.track_step`);
+the recipe is a small version of SAM2's own training:
+  - video steps: a clip of `--clip-frames` frames; frame 0 gets every object's GT mask as a
+    mask prompt (as VOS evaluation does), the other frames are tracked from memory; losses on
+    the tracked frames;
+  - image steps: one still, each object prompted by a jittered GT box (single mask) and by one
+    positive click (three masks, the loss on the best, as SAM trains ambiguity);
+  - losses: SAM2's, except that the mask term is BCE (1) + dice (1) by default instead of
+    focal (20) + dice (1) (`--mask-loss focal` for SAM2's): from random initialization the
+    focal loss drove this model to empty masks in our runs. On the best mask of a multimask
+    output; L1 between predicted and true IoU (1); object-presence BCE (1); mask terms only
+    where the object is present;
+  - AdamW, linear warm-up then cosine decay, gradient clipping.
+Data are drawn on the fly from the generator's train stream (`bench.data.synth`, a seed
+stream disjoint from val), so no file is read. The checkpoint is saved as {"model": state dict}
+with the command, seed, data version and final training loss in "meta".
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from bench.data import synth
+from bench.models import build_model
+
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
+# -- inputs ------------------------------------------------------------------------------------
+def to_input(frames: list[np.ndarray], size: int) -> torch.Tensor:
+    """uint8 H x W x 3 frames -> normalized (T, 3, size, size), resized as the predictors do."""
+    x = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 255
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return (x - MEAN) / STD
+
+
+def to_masks(labels: list[np.ndarray], k: int, size: int) -> torch.Tensor:
+    """Label maps -> (T, k, size, size) float masks of objects 1..k."""
+    lab = torch.from_numpy(np.stack(labels)).long()
+    masks = torch.stack([(lab == i + 1) for i in range(k)], dim=1).float()
+    return F.interpolate(masks, size=(size, size), mode="nearest")
+
+
+# -- forward -----------------------------------------------------------------------------------
+def features(model: nn.Module, x: torch.Tensor):
+    backbone = model.forward_image(x)
+    _, feats, pos, sizes = model._prepare_backbone_features(backbone)
+    return feats, pos, sizes
+
+
+def track(model, t, init, feats, pos, sizes, k, output_dict, num_frames, point_inputs=None, mask_inputs=None):
+    """`SAM2Base.track_step` for frame t of a batch of k objects, also returning the SAM head
+    outputs (all masks of a multimask output, IoU predictions, object-score logits)."""
+    feats_t = [f[:, t : t + 1].expand(-1, k, -1) for f in feats]
+    pos_t = [p[:, t : t + 1].expand(-1, k, -1) for p in pos]
+    current, sam_out, _, _ = model._track_step(
+        t, init, feats_t, pos_t, sizes,
+        point_inputs, mask_inputs, output_dict, num_frames, False, None,
+    )
+    multi_logits, _, ious, low, high, obj_ptr, obj_logits = sam_out
+    current.update(pred_masks=low, pred_masks_high_res=high, obj_ptr=obj_ptr)
+    model._encode_memory_in_output(feats_t, sizes, point_inputs, True, high, obj_logits, current)
+    return current, multi_logits, ious, obj_logits
+
+
+# -- losses (SAM2's weights) -------------------------------------------------------------------
+def focal(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:
+    p = logits.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    p_t = p * target + (1 - p) * (1 - target)
+    loss = ce * (1 - p_t) ** gamma * (alpha * target + (1 - alpha) * (1 - target))
+    return loss.flatten(-2).mean(-1)
+
+
+def dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    p = logits.sigmoid().flatten(-2)
+    t = target.flatten(-2)
+    return 1 - (2 * (p * t).sum(-1) + 1) / (p.sum(-1) + t.sum(-1) + 1)
+
+
+def bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(-2).mean(-1)
+
+
+MASK_LOSS = "bce"  # or "focal" (set from --mask-loss)
+
+
+def mask_losses(multi_logits: torch.Tensor, ious: torch.Tensor, obj_logits: torch.Tensor, target: torch.Tensor):
+    """multi_logits (k, M, h, w) low-res logits; target (k, H, W). Returns the summed loss."""
+    logits = F.interpolate(multi_logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
+    tgt = target[:, None].expand_as(logits)
+    first = 20 * focal(logits, tgt) if MASK_LOSS == "focal" else bce(logits, tgt)
+    seg = first + dice(logits, tgt)  # (k, M)
+    best = seg.argmin(dim=1, keepdim=True)
+    present = (target.flatten(1).sum(1) > 0).float()
+    with torch.no_grad():
+        pred = logits > 0
+        inter = (pred & (tgt > 0.5)).flatten(2).sum(-1)
+        union = (pred | (tgt > 0.5)).flatten(2).sum(-1)
+        true_iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter, dtype=torch.float))
+    iou_loss = (ious - true_iou).abs().mean(1)
+    mask = seg.gather(1, best).squeeze(1) + iou_loss
+    obj = F.binary_cross_entropy_with_logits(obj_logits.squeeze(1), present, reduction="none")
+    denom = present.sum().clamp(min=1)
+    return (mask * present).sum() / denom + obj.mean()
+
+
+def video_loss(model: nn.Module, frames: list[np.ndarray], labels: list[np.ndarray], k: int) -> torch.Tensor:
+    size = model.image_size
+    x, masks = to_input(frames, size), to_masks(labels, k, size)
+    feats, pos, sizes = features(model, x)
+    out = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
+    total = x.new_zeros(())
+    for t in range(len(frames)):
+        prompt = masks[0][:, None] if t == 0 else None
+        current, multi, ious, obj = track(model, t, t == 0, feats, pos, sizes, k, out, len(frames), mask_inputs=prompt)
+        out["cond_frame_outputs" if t == 0 else "non_cond_frame_outputs"][t] = current
+        if t > 0:
+            total = total + mask_losses(multi, ious, obj, masks[t])
+    return total / (len(frames) - 1)
+
+
+def image_loss(model: nn.Module, image: np.ndarray, labels: np.ndarray, k: int, rng: np.random.Generator):
+    size = model.image_size
+    x, masks = to_input([image], size), to_masks([labels], k, size)[0]
+    feats, pos, sizes = features(model, x)
+    boxes, clicks = [], []
+    for m in masks:
+        ys, xs = torch.nonzero(m > 0.5, as_tuple=True)
+        x0, y0, x1, y1 = xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1
+        w, h = x1 - x0, y1 - y0
+        j = rng.normal(0, 0.05, 4) * [w, h, w, h]
+        boxes.append([[x0 + j[0], y0 + j[1]], [x1 + j[2], y1 + j[3]]])
+        i = rng.integers(len(xs))
+        clicks.append([[xs[i].item() + 0.5, ys[i].item() + 0.5]])
+    total = x.new_zeros(())
+    for coords, label in ((boxes, [2, 3]), (clicks, [1])):
+        points = {
+            "point_coords": torch.tensor(coords, dtype=torch.float32),
+            "point_labels": torch.tensor([label] * k, dtype=torch.int32),
+        }
+        out = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
+        _, multi, ious, obj = track(model, 0, True, feats, pos, sizes, k, out, 1, point_inputs=points)
+        total = total + mask_losses(multi, ious, obj, masks)
+    return total / 2
+
+
+# -- data stream -------------------------------------------------------------------------------
+def sample_clip(cfg: synth.SynthConfig, index: int, frames: int, rng: np.random.Generator):
+    """A random window of `frames` frames (stride 1 or 2) from a train-stream clip; objects
+    are those visible in the window's first frame, renumbered 1..k."""
+    imgs, labs = synth.clip(cfg, "train", index)
+    stride = int(rng.integers(1, 3))
+    start = int(rng.integers(0, len(imgs) - (frames - 1) * stride))
+    sel = range(start, start + frames * stride, stride)
+    imgs, labs = [imgs[i] for i in sel], [labs[i] for i in sel]
+    ids = [i for i in np.unique(labs[0]) if i != 0 and (labs[0] == i).sum() >= 64]
+    remap = np.zeros(256, np.uint8)
+    remap[ids] = np.arange(1, len(ids) + 1)
+    return imgs, [remap[lab] for lab in labs], len(ids)
+
+
+@torch.inference_mode()
+def quick_val(model: nn.Module, cfg: synth.SynthConfig, clips: int = 4, stills: int = 8) -> dict[str, float]:
+    """Progress figures on the val stream through the evaluation code paths (video predictor
+    from frame-0 masks; image predictor from GT boxes): mean IoU over objects (scored frames
+    1..T-2) and mean box-prompt IoU. The real metrics come from the `vos` and `instseg` tasks."""
+    import tempfile
+
+    from PIL import Image
+
+    from bench.models import image_predictor
+
+    was_training = model.training
+    model.eval()
+    ious = []
+    for i in range(clips):
+        frames, labels = synth.clip(cfg, "val", i)
+        with tempfile.TemporaryDirectory() as tmp:
+            for t, f in enumerate(frames):
+                Image.fromarray(f).save(Path(tmp) / f"{t:05d}.jpg", quality=95)
+            state = model.init_state(tmp)
+            ids = [int(j) for j in np.unique(labels[0]) if j]
+            for j in ids:
+                model.add_new_mask(state, frame_idx=0, obj_id=j, mask=labels[0] == j)
+            for t, obj_ids, logits in model.propagate_in_video(state):
+                if 0 < t < len(frames) - 1:
+                    for j, m in zip(obj_ids, (logits[:, 0] > 0).numpy()):
+                        ious.append(_iou(m, labels[t] == j))
+    pred = image_predictor(model)
+    box_ious = []
+    for i in range(stills):
+        image, labels = synth.still(cfg, "val", i)
+        pred.set_image(image)
+        for j in range(1, int(labels.max()) + 1):
+            ys, xs = np.nonzero(labels == j)
+            box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=np.float32)
+            masks, _, _ = pred.predict(box=box, multimask_output=False)
+            box_ious.append(_iou(masks[0] > 0, labels == j))
+    model.train(was_training)
+    return {"vos_iou": 100 * float(np.mean(ious)), "box_iou": 100 * float(np.mean(box_ious))}
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def lr_at(step: int, steps: int, base: float, warmup: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+
+def train(args: argparse.Namespace) -> dict:
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    model = build_model("micro", random_init=True, device="cpu", seed=args.seed)
+    model.train()
+    cfg = replace(synth.SynthConfig(seed=args.data_seed), frames=16)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
+    ema = None
+    t0 = time.time()
+    bar = tqdm(range(args.steps), desc="train micro", file=sys.stderr, mininterval=5)
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
+        if step % 2 == 0:
+            frames, labels, k = sample_clip(cfg, int(rng.integers(1 << 30)), args.clip_frames, rng)
+            loss = video_loss(model, frames, labels, k) if k else None
+        else:
+            image, labels = synth.still(cfg, "train", int(rng.integers(1 << 30)))
+            k = int(labels.max())  # every object of a still is visible (synth.scene)
+            loss = image_loss(model, image, labels, k, rng)
+        if loss is None:
+            continue
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+        opt.step()
+        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        bar.set_postfix(loss=f"{ema:.3f}", refresh=False)
+        if args.eval_every and (step + 1) % args.eval_every == 0:
+            tqdm.write(f"step {step + 1}: loss {ema:.4f} " + " ".join(
+                f"{k} {v:.1f}" for k, v in quick_val(model, replace(cfg, frames=16)).items()), file=sys.stderr)
+    model.eval()
+    return {"model": model, "final_loss": ema, "minutes": (time.time() - t0) / 60, "data": asdict(cfg)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="Train the micro SAM2 on the synthetic train stream (CPU or GPU).")
+    p.add_argument("--out", type=Path, required=True, help="checkpoint file to write")
+    p.add_argument("--steps", type=int, default=9000, help="optimizer steps, alternating video and image (9000)")
+    p.add_argument("--seed", type=int, default=0, help="model init and sampling seed (0)")
+    p.add_argument("--data-seed", type=int, default=0, help="synthetic data seed (0, as the shipped sets)")
+    p.add_argument("--clip-frames", type=int, default=6, help="frames per training clip (6)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (1e-3)")
+    p.add_argument("--warmup", type=int, default=100, help="warm-up steps (100)")
+    p.add_argument("--clip", type=float, default=1.0, help="gradient norm clip (1.0)")
+    p.add_argument("--mask-loss", choices=("bce", "focal"), default="bce",
+                   help="mask loss with dice: bce (default) or SAM2's focal x20")
+    p.add_argument("--eval-every", type=int, default=0, help="quick val figures every N steps (0: off)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: faster than 2 for this small model on CPU)")
+    args = p.parse_args(argv)
+    global MASK_LOSS
+    MASK_LOSS = args.mask_loss
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = train(args)
+    meta = {
+        "command": "python -m bench.train_micro " + " ".join(sys.argv[1:] if argv is None else argv),
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "data_version": synth.VERSION, "data": result["data"],
+        "final_loss": result["final_loss"], "train_minutes": round(result["minutes"], 1),
+        "torch": str(torch.__version__),
+    }
+    state = {k: v.detach().cpu().contiguous() for k, v in result["model"].state_dict().items()}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".tmp")
+    torch.save({"model": state, "meta": meta}, tmp)
+    tmp.replace(args.out)
+    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB) after {meta['train_minutes']} min, "
+          f"final loss {meta['final_loss']:.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""The synthetic data generator: official layouts, determinism, and the scene properties the
+VOS task needs (occlusion, objects leaving and re-entering)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bench import BenchError
+from bench.data import synth
+
+SMALL = replace(synth.SynthConfig(), frames=10, clips_train=2, clips_val=5, images_train=3, images_val=4)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth") / "set"
+    synth.generate(SMALL, out)
+    return out
+
+
+def test_davis_layout(root):
+    davis = root / "davis"
+    val = (davis / "ImageSets/2017/val.txt").read_text().split()
+    train = (davis / "ImageSets/2017/train.txt").read_text().split()
+    assert len(val) == 5 and len(train) == 2 and not set(val) & set(train)
+    for seq in val:
+        jpgs = sorted((davis / "JPEGImages/480p" / seq).glob("*.jpg"))
+        pngs = sorted((davis / "Annotations/480p" / seq).glob("*.png"))
+        assert [p.stem for p in jpgs] == [p.stem for p in pngs] == [f"{t:05d}" for t in range(10)]
+        with Image.open(pngs[0]) as im:
+            assert im.mode == "P" and im.size == (SMALL.width, SMALL.height)
+            first = np.asarray(im)
+        # every object of the clip is visible in frame 0 (DAVIS counts objects from it)
+        n = max(np.asarray(Image.open(p)).max() for p in pngs)
+        assert set(np.unique(first)) == set(range(n + 1))
+
+
+def test_objects_leave_reenter_and_occlude():
+    left_and_came_back, occluded = False, False
+    for i in range(6):
+        objs, _, _ = synth.scene(SMALL, "val", i, SMALL.frames)
+        _, labels = synth.clip(SMALL, "val", i)
+        for j in range(1, len(objs) + 1):
+            present = [bool((lab == j).any()) for lab in labels]
+            gone = [t for t, p in enumerate(present) if not p]
+            if gone and any(present[t] for t in range(gone[-1] + 1, len(present))):
+                left_and_came_back = True
+        # an object's drawn shape covered by a later one: visible area < shape area
+        yy, xx = np.mgrid[0 : SMALL.height, 0 : SMALL.width].astype(float)
+        for j, o in enumerate(objs[:-1]):
+            u, v = synth._local(o, 0, yy, xx)
+            if (synth._shape(o, u, v) & (labels[0] != j + 1)).sum() > 20:
+                occluded = True
+    assert left_and_came_back and occluded
+
+
+def test_deterministic_and_splits_differ(tmp_path):
+    a, b = synth.clip(SMALL, "val", 3), synth.clip(SMALL, "val", 3)
+    assert all(np.array_equal(x, y) for x, y in zip(a[0] + a[1], b[0] + b[1]))
+    assert not np.array_equal(synth.clip(SMALL, "train", 3)[0][0], a[0][0])
+    assert not np.array_equal(synth.clip(replace(SMALL, seed=1), "val", 3)[0][0], a[0][0])
+
+
+def test_coco_layout_and_detections(root):
+    from pycocotools import mask as mask_utils
+    from pycocotools.coco import COCO
+
+    coco_root = root / "coco"
+    for split, n in (("train", 3), ("val", 4)):
+        doc = json.loads((coco_root / f"annotations/instances_{split}.json").read_text())
+        assert len(doc["images"]) == n and doc["annotations"] and doc["categories"]
+        for img in doc["images"]:
+            assert (coco_root / "images" / split / img["file_name"]).is_file()
+    gt = COCO(str(coco_root / "annotations/instances_val.json"))
+    for ann in gt.loadAnns(gt.getAnnIds()):
+        m = gt.annToMask(ann)
+        assert m.sum() == ann["area"] and mask_utils.area(ann["segmentation"]) == ann["area"]
+        x, y, w, h = ann["bbox"]
+        ys, xs = np.nonzero(m)
+        assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x, y, x + w, y + h)
+    dets = json.loads((coco_root / "detections_val.json").read_text())
+    assert dets and all({"image_id", "category_id", "bbox", "score"} <= d.keys() for d in dets)
+    assert all(0 < d["score"] < 1 and d["bbox"][2] > 0 and d["bbox"][3] > 0 for d in dets)
+    assert gt.loadRes(dets)  # loads as a detection result file
+
+
+def test_refuses_non_empty_out_and_cli(tmp_path):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "f").write_text("")
+    with pytest.raises(BenchError, match="not empty"):
+        synth.generate(SMALL, tmp_path / "x")
+    out = subprocess.run([sys.executable, "-m", "bench.data.synth", "--out", str(tmp_path / "x")],
+                         capture_output=True, text=True)
+    assert out.returncode != 0 and out.stderr.strip().splitlines()[-1].startswith("error:")
+    assert not list(tmp_path.glob("x.partial*"))

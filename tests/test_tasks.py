@@ -1,0 +1,86 @@
+"""The vos, instseg and coco-map tasks end to end on a small synthetic set, and the scoring
+command on an existing prediction folder."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bench.data import synth
+from bench.run import Cell, run_cell
+
+SMALL = replace(synth.SynthConfig(), frames=8, clips_train=2, clips_val=2, images_train=4, images_val=3)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tasks") / "synth"
+    synth.generate(SMALL, root)
+    return root
+
+
+def cell(data, task: str, **kw) -> Cell:
+    return Cell(model="micro", method="fp", task=task, random_init=True, device="cpu",
+                davis_root=str(data / "davis"), coco_root=str(data / "coco"), **kw)
+
+
+def test_vos_task_writes_predictions_and_scores_them(data, tmp_path):
+    rec = run_cell(cell(data, "vos"), work_dir=tmp_path)
+    assert rec["status"] == "ok", rec.get("traceback")
+    m = rec["metrics"]
+    assert m["J&F"] == pytest.approx((m["J"] + m["F"]) / 2)
+    assert m["frames"] == 2 * 8 and m["sequences"] == 2 and m["fps"] > 0
+    n_objects = sum(int(np.asarray(Image.open(p)).max())
+                    for p in sorted((data / "davis/Annotations/480p").glob("val*/00000.png")))
+    assert len(m["per_object"]) == n_objects
+    pngs = sorted((tmp_path / "vos_predictions").rglob("*.png"))
+    assert len(pngs) == 16
+    with Image.open(pngs[0]) as im:
+        assert im.mode == "P" and im.size == (SMALL.width, SMALL.height)
+    # the scoring command on the same folder gives the same numbers
+    out = subprocess.run([sys.executable, "-m", "bench.score", "vos", "--davis-root", str(data / "davis"),
+                          "--pred", str(tmp_path / "vos_predictions")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    scored = json.loads(out.stdout)
+    assert scored["J&F"] == pytest.approx(m["J&F"], abs=1e-9)
+
+
+def test_ground_truth_as_predictions_scores_100(data):
+    out = subprocess.run([sys.executable, "-m", "bench.score", "vos", "--davis-root", str(data / "davis"),
+                          "--pred", str(data / "davis/Annotations/480p")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    scored = json.loads(out.stdout)
+    assert scored["J&F"] == scored["J"] == scored["F"] == pytest.approx(100.0)
+
+
+def test_vos_subsets(data, tmp_path):
+    rec = run_cell(cell(data, "vos", sequences=("val0001",), max_frames=5), work_dir=tmp_path)
+    assert rec["status"] == "ok", rec.get("traceback")
+    assert rec["metrics"]["frames"] == 5 and rec["metrics"]["sequences"] == 1
+
+
+def test_instseg_and_coco_map(data, tmp_path):
+    rec = run_cell(cell(data, "instseg"), work_dir=tmp_path)
+    assert rec["status"] == "ok", rec.get("traceback")
+    m = rec["metrics"]
+    doc = json.loads((data / "coco/annotations/instances_val.json").read_text())
+    assert m["n"] == len(doc["annotations"]) and 0 <= m["mIoU"] <= 100 and m["multimask"] is False
+    rec = run_cell(cell(data, "coco-map"), work_dir=tmp_path)
+    assert rec["status"] == "ok", rec.get("traceback")
+    m = rec["metrics"]
+    assert {"mAP", "AP50", "AP75", "APs", "APm", "APl"} <= m.keys() and 0 <= m["mAP"] <= 100
+    assert m["detections"] == len(json.loads((data / "coco/detections_val.json").read_text()))
+
+
+def test_missing_dataset_is_a_one_line_error(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "bench.run", "--model", "micro", "--random-init", "--task", "vos",
+                          "--davis-root", str(tmp_path / "nope"), "--device", "cpu", "--out", str(tmp_path / "r.json")],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and str(tmp_path / "nope") in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "r.json").exists()
