@@ -5,7 +5,7 @@ for every first-frame object, `propagate_in_video` and nothing else; the task ad
 evaluation needs (frame selection, thresholding, palette PNGs, J&F scoring). Timed
 round-robin in one process; frames/s = frames / median wall time.
 
-    python -m bench.benchmarks.vos_throughput [--model micro] [--davis-root ROOT] [--repeats 5]
+    python -m bench.benchmarks.vos_throughput [--model micro] [--davis-root ROOT] [--repeats 5] [--random-init]
 """
 
 from __future__ import annotations
@@ -41,12 +41,13 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="micro")
     p.add_argument("--checkpoints")
+    p.add_argument("--random-init", action="store_true", help="build without weights")
     p.add_argument("--davis-root")
     p.add_argument("--device")
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args(argv)
     cell = with_data_roots(Cell(model=args.model, method="fp", task="vos", davis_root=args.davis_root))
-    model = build_model(args.model, args.checkpoints, device=args.device)
+    model = build_model(args.model, args.checkpoints, random_init=args.random_init, device=args.device)
     with tempfile.TemporaryDirectory() as tmp:
         ctx = TaskContext(args.model, str(model.device), Path(tmp), {**cell.task_options(), "progress": False})
         ds = vos.dataset(ctx)
