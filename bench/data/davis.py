@@ -53,7 +53,7 @@ def write_palette_png(path: str | Path, labels: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     im = Image.fromarray(labels.astype(np.uint8))
     im.putpalette(DAVIS_PALETTE)  # turns the 'L' image into 'P' with the same index values
-    im.save(path, format="PNG")
+    im.save(path, format="PNG", compress_level=1)  # lossless at any level; 1 is the fastest
 
 
 def read_label_png(path: str | Path) -> np.ndarray:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -46,8 +47,9 @@ def merge(per_obj: dict[int, np.ndarray], shape: tuple[int, int]) -> np.ndarray:
 
 
 @torch.inference_mode()
-def predict_sequence(model: nn.Module, ds: DavisSet, seq: str, frames_dir: Path, out_dir: Path) -> int:
-    """Write the predicted palette PNGs of one sequence; returns the number of frames."""
+def predict_sequence(model: nn.Module, ds: DavisSet, seq: str, frames_dir: Path, out_dir: Path, write) -> int:
+    """Predict one sequence; `write(path, labels)` saves each frame's palette PNG. Returns
+    the number of frames."""
     names = ds.frames(seq)
     first = ds.read_mask(seq, names[0])
     state = model.init_state(str(frames_dir))
@@ -56,7 +58,7 @@ def predict_sequence(model: nn.Module, ds: DavisSet, seq: str, frames_dir: Path,
     out_dir.mkdir(parents=True, exist_ok=True)
     for idx, obj_ids, logits in model.propagate_in_video(state):
         masks = (logits > 0.0).cpu().numpy()[:, 0]
-        write_palette_png(out_dir / f"{names[idx]}.png", merge(dict(zip(obj_ids, masks)), first.shape))
+        write(out_dir / f"{names[idx]}.png", merge(dict(zip(obj_ids, masks)), first.shape))
     model.reset_state(state)
     return len(names)
 
@@ -74,9 +76,17 @@ def run(model: nn.Module, ctx: TaskContext) -> dict:
     pred_dir = ctx.work_dir / "vos_predictions"
     frames = 0
     t0 = time.perf_counter()
-    for seq in tqdm(ds.sequences, desc="vos", unit="seq", disable=not ctx.options.get("progress", True)):
-        frames += predict_sequence(model, ds, seq, frames_folder(ds, seq, ctx.work_dir / "vos_frames" / seq),
-                                   pred_dir / seq)
+    writes = []
+    with ThreadPoolExecutor(max_workers=1) as pool:  # PNG encoding overlaps with inference
+
+        def write(path: Path, labels: np.ndarray) -> None:
+            writes.append(pool.submit(write_palette_png, path, labels))
+
+        for seq in tqdm(ds.sequences, desc="vos", unit="seq", disable=not ctx.options.get("progress", True)):
+            folder = frames_folder(ds, seq, ctx.work_dir / "vos_frames" / seq)
+            frames += predict_sequence(model, ds, seq, folder, pred_dir / seq, write)
+    for w in writes:
+        w.result()  # re-raises a failed write
     seconds = time.perf_counter() - t0
     scores = evaluate_vos(ds, pred_dir)
     return {**scores, "frames": frames, "fps": frames / seconds, "sequences": len(ds.sequences)}
