@@ -137,28 +137,35 @@ def video_loss(model: nn.Module, frames: list[np.ndarray], labels: list[np.ndarr
     return total / (len(frames) - 1)
 
 
-def image_loss(model: nn.Module, image: np.ndarray, labels: np.ndarray, k: int, rng: np.random.Generator):
+def image_loss(model: nn.Module, image: np.ndarray, labels: np.ndarray, k: int, rng: np.random.Generator,
+               prompts: int = 1) -> torch.Tensor:
+    """Box and click prompts on one still: `prompts` jittered boxes and clicks per object,
+    decoded as one batch against the image's features (computed once)."""
     size = model.image_size
     x, masks = to_input([image], size), to_masks([labels], k, size)[0]
     feats, pos, sizes = features(model, x)
-    boxes, clicks = [], []
+    boxes, clicks, targets = [], [], []
     for m in masks:
         ys, xs = torch.nonzero(m > 0.5, as_tuple=True)
         x0, y0, x1, y1 = xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1
         w, h = x1 - x0, y1 - y0
-        j = rng.normal(0, 0.05, 4) * [w, h, w, h]
-        boxes.append([[x0 + j[0], y0 + j[1]], [x1 + j[2], y1 + j[3]]])
-        i = rng.integers(len(xs))
-        clicks.append([[xs[i].item() + 0.5, ys[i].item() + 0.5]])
+        for _ in range(prompts):
+            j = rng.normal(0, 0.05, 4) * [w, h, w, h]
+            boxes.append([[x0 + j[0], y0 + j[1]], [x1 + j[2], y1 + j[3]]])
+            i = rng.integers(len(xs))
+            clicks.append([[xs[i].item() + 0.5, ys[i].item() + 0.5]])
+            targets.append(m)
+    target = torch.stack(targets)
+    n = len(targets)
     total = x.new_zeros(())
     for coords, label in ((boxes, [2, 3]), (clicks, [1])):
         points = {
             "point_coords": torch.tensor(coords, dtype=torch.float32),
-            "point_labels": torch.tensor([label] * k, dtype=torch.int32),
+            "point_labels": torch.tensor([label] * n, dtype=torch.int32),
         }
         out = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
-        _, multi, ious, obj = track(model, 0, True, feats, pos, sizes, k, out, 1, point_inputs=points)
-        total = total + mask_losses(multi, ious, obj, masks)
+        _, multi, ious, obj = track(model, 0, True, feats, pos, sizes, n, out, 1, point_inputs=points)
+        total = total + mask_losses(multi, ious, obj, target)
     return total / 2
 
 
