@@ -241,6 +241,10 @@ def train(args: argparse.Namespace) -> dict:
     random.seed(args.seed)
     rng = np.random.default_rng(args.seed)
     model = build_model("micro", random_init=True, device="cpu", seed=args.seed)
+    if args.init is not None:  # continue from an earlier checkpoint of this script
+        from bench.models import load_state
+
+        model.load_state_dict(load_state(args.init, "a micro checkpoint written by bench.train_micro"))
     model.train()
     cfg = replace(synth.SynthConfig(seed=args.data_seed), frames=16)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
@@ -277,6 +281,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, required=True, help="checkpoint file to write")
     p.add_argument("--steps", type=int, default=9000, help="optimizer steps, alternating video and image (9000)")
     p.add_argument("--seed", type=int, default=0, help="model init and sampling seed (0)")
+    p.add_argument("--init", type=Path, default=None, help="start from this checkpoint instead of random weights")
     p.add_argument("--data-seed", type=int, default=0, help="synthetic data seed (0, as the shipped sets)")
     p.add_argument("--clip-frames", type=int, default=6, help="frames per training clip (6)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (1e-3)")
