@@ -254,13 +254,13 @@ def train(args: argparse.Namespace) -> dict:
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
-        if step % 2 == 0:
+        if rng.uniform() < args.video_fraction:
             frames, labels, k = sample_clip(cfg, int(rng.integers(1 << 30)), args.clip_frames, rng)
             loss = video_loss(model, frames, labels, k) if k else None
         else:
             image, labels = synth.still(cfg, "train", int(rng.integers(1 << 30)))
             k = int(labels.max())  # every object of a still is visible (synth.scene)
-            loss = image_loss(model, image, labels, k, rng)
+            loss = image_loss(model, image, labels, k, rng, prompts=args.prompts)
         if loss is None:
             continue
         opt.zero_grad(set_to_none=True)
@@ -279,10 +279,12 @@ def train(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Train the micro SAM2 on the synthetic train stream (CPU or GPU).")
     p.add_argument("--out", type=Path, required=True, help="checkpoint file to write")
-    p.add_argument("--steps", type=int, default=9000, help="optimizer steps, alternating video and image (9000)")
+    p.add_argument("--steps", type=int, default=9000, help="optimizer steps, video or image (9000)")
     p.add_argument("--seed", type=int, default=0, help="model init and sampling seed (0)")
     p.add_argument("--init", type=Path, default=None, help="start from this checkpoint instead of random weights")
     p.add_argument("--data-seed", type=int, default=0, help="synthetic data seed (0, as the shipped sets)")
+    p.add_argument("--video-fraction", type=float, default=0.5, help="share of video steps, the rest image (0.5)")
+    p.add_argument("--prompts", type=int, default=1, help="jittered boxes and clicks per object in image steps (1)")
     p.add_argument("--clip-frames", type=int, default=6, help="frames per training clip (6)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (1e-3)")
     p.add_argument("--warmup", type=int, default=100, help="warm-up steps (100)")
