@@ -58,7 +58,7 @@ class CalibData:
 
 
     @classmethod
-    def from_datasets(cls, davis_root: str | None, coco_root: str | None, n: int) -> CalibData:
+    def from_datasets(cls, davis_root: str | None, coco_root: str | None, n: int, work_dir: Path) -> CalibData:
         """`n` images (with their GT boxes) from the COCO train split and `n` frames from the
         first sequences of the DAVIS train split (whole clips from frame 0 with their frame-0
         masks, the last one cut to make `n`); deterministic, sorted by id / name."""
@@ -66,7 +66,7 @@ class CalibData:
         if coco_root is not None:
             calib.images = coco_images(coco_root, n)
         if davis_root is not None:
-            calib.clips = davis_clips(davis_root, n)
+            calib.clips = davis_clips(davis_root, n, Path(work_dir) / "calib_frames")
         return calib
 
 
@@ -86,24 +86,17 @@ def coco_images(root: str, n: int, max_boxes: int = 16) -> list[CalibImage]:
     return images
 
 
-def davis_clips(root: str, n: int) -> list[CalibClip]:
-    import os
-    import tempfile
-
+def davis_clips(root: str, n: int, links: Path) -> list[CalibClip]:
     from bench.data.davis import DavisSet
 
     ds = DavisSet(root, split="train")
     clips, left = [], n
-    links = Path(tempfile.mkdtemp(prefix="bench-calib-"))
     for seq in ds.sequences:
         names = ds.frames(seq)[:left]
         if len(names) < 2:
             break
         first = ds.read_mask(seq, names[0])
-        folder = links / seq
-        folder.mkdir()
-        for name in names:
-            os.symlink(ds.image_path(seq, name).resolve(), folder / f"{name}.jpg")
+        folder = ds.link_frames(seq, links / seq, names)
         clips.append(CalibClip(folder, {i: first == i for i in ds.object_ids(seq)}))
         left -= len(names)
         if left <= 0:

@@ -73,12 +73,12 @@ def validate(cell: Cell):
     return make_method(cell)
 
 
-def load_calibration(cell: Cell) -> CalibData:
+def load_calibration(cell: Cell, work_dir: Path) -> CalibData:
     """`--calib-dir` images, else `calib_n` images and `calib_n` frames from the train splits
     of the cell's datasets (the same for every method of the cell)."""
     if cell.calib_dir is not None:
         return CalibData.from_image_dir(cell.calib_dir, cell.calib_n)
-    return CalibData.from_datasets(cell.davis_root, cell.coco_root, cell.calib_n)
+    return CalibData.from_datasets(cell.davis_root, cell.coco_root, cell.calib_n, work_dir)
 
 
 def with_data_roots(cell: Cell) -> Cell:
@@ -112,26 +112,26 @@ def run_cell(cell: Cell, work_dir: Path | None = None) -> dict[str, Any]:
     }
     timings = record["timings"]
     t0 = time.perf_counter()
-    torch.manual_seed(cell.seed)
-    model = build_model(cell.model, cell.checkpoints, cell.random_init, device, seed=cell.seed)
-    calib = load_calibration(cell) if method.needs_data() else None
-    timings["build_s"] = time.perf_counter() - t0
-    try:
-        t = time.perf_counter()
-        model = method.apply(model, calib)
-        timings["apply_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        with tempfile.TemporaryDirectory() as tmp:
-            ctx = TaskContext(cell.model, device, Path(work_dir or tmp), cell.task_options())
-            record["metrics"] = TASKS.get(cell.task)(model, ctx)
-        timings["task_s"] = time.perf_counter() - t
-        record["status"] = "ok"
-    except BenchError:
-        raise
-    except Exception as e:
-        record["status"] = "failed"
-        record["error"] = f"{type(e).__name__}: {e}"
-        record["traceback"] = traceback.format_exc()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(work_dir or tmp)
+        torch.manual_seed(cell.seed)
+        model = build_model(cell.model, cell.checkpoints, cell.random_init, device, seed=cell.seed)
+        calib = load_calibration(cell, work) if method.needs_data() else None
+        timings["build_s"] = time.perf_counter() - t0
+        try:
+            t = time.perf_counter()
+            model = method.apply(model, calib)
+            timings["apply_s"] = time.perf_counter() - t
+            t = time.perf_counter()
+            record["metrics"] = TASKS.get(cell.task)(model, TaskContext(cell.model, device, work, cell.task_options()))
+            timings["task_s"] = time.perf_counter() - t
+            record["status"] = "ok"
+        except BenchError:
+            raise
+        except Exception as e:
+            record["status"] = "failed"
+            record["error"] = f"{type(e).__name__}: {e}"
+            record["traceback"] = traceback.format_exc()
     timings["total_s"] = time.perf_counter() - t0
     return record
 

@@ -99,14 +99,13 @@ def bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(-2).mean(-1)
 
 
-MASK_LOSS = "bce"  # or "focal" (set from --mask-loss)
-
-
-def mask_losses(multi_logits: torch.Tensor, ious: torch.Tensor, obj_logits: torch.Tensor, target: torch.Tensor):
-    """multi_logits (k, M, h, w) low-res logits; target (k, H, W). Returns the summed loss."""
+def mask_losses(multi_logits: torch.Tensor, ious: torch.Tensor, obj_logits: torch.Tensor, target: torch.Tensor,
+                kind: str = "bce") -> torch.Tensor:
+    """multi_logits (k, M, h, w) low-res logits; target (k, H, W); `kind` "bce" or "focal" for
+    the pixel term beside dice. Returns the summed loss."""
     logits = F.interpolate(multi_logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
     tgt = target[:, None].expand_as(logits)
-    first = 20 * focal(logits, tgt) if MASK_LOSS == "focal" else bce(logits, tgt)
+    first = 20 * focal(logits, tgt) if kind == "focal" else bce(logits, tgt)
     seg = first + dice(logits, tgt)  # (k, M)
     best = seg.argmin(dim=1, keepdim=True)
     present = (target.flatten(1).sum(1) > 0).float()
@@ -122,7 +121,8 @@ def mask_losses(multi_logits: torch.Tensor, ious: torch.Tensor, obj_logits: torc
     return (mask * present).sum() / denom + obj.mean()
 
 
-def video_loss(model: nn.Module, frames: list[np.ndarray], labels: list[np.ndarray], k: int) -> torch.Tensor:
+def video_loss(model: nn.Module, frames: list[np.ndarray], labels: list[np.ndarray], k: int,
+               kind: str = "bce") -> torch.Tensor:
     size = model.image_size
     x, masks = to_input(frames, size), to_masks(labels, k, size)
     feats, pos, sizes = features(model, x)
@@ -133,12 +133,12 @@ def video_loss(model: nn.Module, frames: list[np.ndarray], labels: list[np.ndarr
         current, multi, ious, obj = track(model, t, t == 0, feats, pos, sizes, k, out, len(frames), mask_inputs=prompt)
         out["cond_frame_outputs" if t == 0 else "non_cond_frame_outputs"][t] = current
         if t > 0:
-            total = total + mask_losses(multi, ious, obj, masks[t])
+            total = total + mask_losses(multi, ious, obj, masks[t], kind)
     return total / (len(frames) - 1)
 
 
 def image_loss(model: nn.Module, image: np.ndarray, labels: np.ndarray, k: int, rng: np.random.Generator,
-               prompts: int = 1) -> torch.Tensor:
+               prompts: int = 1, kind: str = "bce") -> torch.Tensor:
     """Box and click prompts on one still: `prompts` jittered boxes and clicks per object,
     decoded as one batch against the image's features (computed once)."""
     size = model.image_size
@@ -165,7 +165,7 @@ def image_loss(model: nn.Module, image: np.ndarray, labels: np.ndarray, k: int, 
         }
         out = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
         _, multi, ious, obj = track(model, 0, True, feats, pos, sizes, n, out, 1, point_inputs=points)
-        total = total + mask_losses(multi, ious, obj, target)
+        total = total + mask_losses(multi, ious, obj, target, kind)
     return total / 2
 
 
@@ -256,11 +256,11 @@ def train(args: argparse.Namespace) -> dict:
             g["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
         if rng.uniform() < args.video_fraction:
             frames, labels, k = sample_clip(cfg, int(rng.integers(1 << 30)), args.clip_frames, rng)
-            loss = video_loss(model, frames, labels, k) if k else None
+            loss = video_loss(model, frames, labels, k, args.mask_loss) if k else None
         else:
             image, labels = synth.still(cfg, "train", int(rng.integers(1 << 30)))
             k = int(labels.max())  # every object of a still is visible (synth.scene)
-            loss = image_loss(model, image, labels, k, rng, prompts=args.prompts)
+            loss = image_loss(model, image, labels, k, rng, prompts=args.prompts, kind=args.mask_loss)
         if loss is None:
             continue
         opt.zero_grad(set_to_none=True)
@@ -295,8 +295,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: faster than 2 for this small model on CPU)")
     args = p.parse_args(argv)
-    global MASK_LOSS
-    MASK_LOSS = args.mask_loss
     if args.threads:
         torch.set_num_threads(args.threads)
     result = train(args)

@@ -84,3 +84,18 @@ def test_missing_dataset_is_a_one_line_error(tmp_path):
                          capture_output=True, text=True)
     assert out.returncode == 2 and str(tmp_path / "nope") in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "r.json").exists()
+
+
+def test_calibration_from_the_train_splits(data, tmp_path):
+    from bench.calib import CalibData
+
+    calib = CalibData.from_datasets(str(data / "davis"), str(data / "coco"), 10, tmp_path)
+    assert len(calib.images) == 4  # every train image (fewer than 10)
+    assert [len(list(c.frames_dir.glob("*.jpg"))) for c in calib.clips] == [8, 2]  # 10 frames in all
+    assert all(c.frames_dir.is_relative_to(tmp_path) for c in calib.clips)
+    again = CalibData.from_datasets(str(data / "davis"), str(data / "coco"), 10, tmp_path / "again")
+    assert all(np.array_equal(a.image, b.image) and np.array_equal(a.boxes, b.boxes)
+               for a, b in zip(calib.images, again.images))
+    # RTN W4A4 calibrates every activation quantizer on them (it fails on an unreached one)
+    rec = run_cell(replace(cell(data, "instseg"), method="rtn", w_bits=4, a_bits=4, calib_n=4), work_dir=tmp_path)
+    assert rec["status"] == "ok", rec.get("traceback")

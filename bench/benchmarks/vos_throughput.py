@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ctx = TaskContext(args.model, str(model.device), Path(tmp), {**cell.task_options(), "progress": False})
         ds = vos.dataset(ctx)
-        folders = {s: vos.frames_folder(ds, s, Path(tmp) / "bare" / s) for s in ds.sequences}
+        folders = {s: ds.link_frames(s, Path(tmp) / "bare" / s) for s in ds.sequences}
         runs = {"bare loop": lambda: bare_loop(model, ds, folders), "vos task": lambda: vos.run(model, ctx)["frames"]}
         times: dict[str, list[float]] = {n: [] for n in runs}
         frames = {n: f() for n, f in runs.items()}  # warm-up

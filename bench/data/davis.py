@@ -10,6 +10,7 @@ sparse (SA-V annotates every 4th frame) as long as the first frame has one.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -175,6 +176,16 @@ class DavisSet:
         labels = read_label_png(path)
         self._check_size(seq, frame, labels.shape)
         return labels
+
+    def link_frames(self, seq: str, folder: Path, frames: Sequence[str] | None = None) -> Path:
+        """A folder of links to the sequence's selected frames (default: `frames(seq)`), named
+        as the originals: sam2's `init_state` reads every JPEG of the folder it is given."""
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in self.frames(seq) if frames is None else frames:
+            link = folder / f"{name}.jpg"
+            if not link.exists():
+                os.symlink(self.image_path(seq, name).resolve(), link)
+        return folder
 
     def object_ids(self, seq: str) -> list[int]:
         """1..N, N = the largest id in the first ground-truth frame (void counts as 0): the DAVIS

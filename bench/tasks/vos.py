@@ -9,7 +9,6 @@ drawn last, as the official script does). The predictions are then scored by
 
 from __future__ import annotations
 
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,17 +24,6 @@ from bench.metrics.davis import evaluate_vos
 from bench.tasks import TaskContext
 
 HIGHER_IS_BETTER = {"J&F": True, "J": True, "F": True, "fps": True}
-
-
-def frames_folder(ds: DavisSet, seq: str, into: Path) -> Path:
-    """A folder holding exactly the sequence's selected frames (links), as `init_state` reads
-    every JPEG of the folder it is given."""
-    into.mkdir(parents=True, exist_ok=True)
-    for name in ds.frames(seq):
-        link = into / f"{name}.jpg"
-        if not link.exists():
-            os.symlink(ds.image_path(seq, name).resolve(), link)
-    return into
 
 
 def merge(per_obj: dict[int, np.ndarray], shape: tuple[int, int]) -> np.ndarray:
@@ -83,7 +71,7 @@ def run(model: nn.Module, ctx: TaskContext) -> dict:
             writes.append(pool.submit(write_palette_png, path, labels))
 
         for seq in tqdm(ds.sequences, desc="vos", unit="seq", disable=not ctx.options.get("progress", True)):
-            folder = frames_folder(ds, seq, ctx.work_dir / "vos_frames" / seq)
+            folder = ds.link_frames(seq, ctx.work_dir / "vos_frames" / seq)
             frames += predict_sequence(model, ds, seq, folder, pred_dir / seq, write)
     for w in writes:
         w.result()  # re-raises a failed write
