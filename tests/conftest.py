@@ -48,3 +48,12 @@ def textured_image(seed: int, size: int = 256) -> np.ndarray:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def synth_set(tmp_path_factory, cfg):
+    """Generate the synthetic sets of `cfg` into a fresh temporary folder; returns its root."""
+    from bench.data import synth
+
+    root = tmp_path_factory.mktemp("synth") / "set"
+    synth.generate(cfg, root)
+    return root

@@ -14,15 +14,14 @@ from PIL import Image
 
 from bench import BenchError
 from bench.data import synth
+from tests.conftest import synth_set
 
 SMALL = replace(synth.SynthConfig(), frames=10, clips_train=2, clips_val=5, images_train=3, images_val=4)
 
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-    out = tmp_path_factory.mktemp("synth") / "set"
-    synth.generate(SMALL, out)
-    return out
+    return synth_set(tmp_path_factory, SMALL)
 
 
 def test_davis_layout(root):

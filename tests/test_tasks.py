@@ -14,15 +14,14 @@ from PIL import Image
 
 from bench.data import synth
 from bench.run import Cell, run_cell
+from tests.conftest import synth_set
 
 SMALL = replace(synth.SynthConfig(), frames=8, clips_train=2, clips_val=2, images_train=4, images_val=3)
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tasks") / "synth"
-    synth.generate(SMALL, root)
-    return root
+    return synth_set(tmp_path_factory, SMALL)
 
 
 def cell(data, task: str, **kw) -> Cell:
