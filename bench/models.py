@@ -46,7 +46,7 @@ MODELS: dict[str, ModelEntry] = {
         _official("sam2-l", "sam2", "l", "large", "224.4M"),
         ModelEntry(
             "micro", str(CONFIG_DIR / "sam2_micro.yaml"), "sam2_micro.pt",
-            "built-in SAM2.1-architecture model, 2.4M params, 256x256 input, ships with the project",
+            "built-in SAM2.1-architecture model, 2.5M params, 256x256 input, ships with the project",
         ),
     ]
 }

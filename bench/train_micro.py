@@ -254,7 +254,7 @@ def train(args: argparse.Namespace) -> dict:
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
-        if rng.uniform() < args.video_fraction:
+        if step >= args.image_steps and rng.uniform() < args.video_fraction:
             frames, labels, k = sample_clip(cfg, int(rng.integers(1 << 30)), args.clip_frames, rng)
             loss = video_loss(model, frames, labels, k, args.mask_loss) if k else None
         else:
@@ -284,6 +284,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--init", type=Path, default=None, help="start from this checkpoint instead of random weights")
     p.add_argument("--data-seed", type=int, default=0, help="synthetic data seed (0, as the shipped sets)")
     p.add_argument("--video-fraction", type=float, default=0.5, help="share of video steps, the rest image (0.5)")
+    p.add_argument("--image-steps", type=int, default=0,
+                   help="image-only steps first (box/click prompts), then the video/image mix (0)")
     p.add_argument("--prompts", type=int, default=1, help="jittered boxes and clicks per object in image steps (1)")
     p.add_argument("--clip-frames", type=int, default=6, help="frames per training clip (6)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (1e-3)")

@@ -26,9 +26,9 @@ def test_pack_unpack_round_trip(bits):
 @pytest.mark.parametrize("gran", ["channel", "group"])
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 def test_artifact_reproduces_dequantized_weights(micro, tmp_path, gran, bits):
-    # layers whose inputs per channel split into groups of 16 (not the 3x7x7 patch embedding)
+    # layers whose inputs per channel split into groups of 8 (not the 3x7x7 patch embedding)
     scope = Scope(components=("image_encoder", "mask_decoder"), preset="ptq4sam")
-    wrap(micro, QuantPlan(weight=QuantSpec(bits, granularity=gran, group_size=16), scope=scope))
+    wrap(micro, QuantPlan(weight=QuantSpec(bits, granularity=gran, group_size=8), scope=scope))
     calibrate_weights(micro)
     sizes = export_packed(micro, tmp_path / "m.safetensors")
     restored = load_dequantized(tmp_path / "m.safetensors")

@@ -108,8 +108,8 @@ def test_memory_attention_identity_and_quantized_change(micro_fp, micro):
     for m in quant_attentions(micro).values():
         m.explicit = True
     torch.manual_seed(2)
-    curr = [torch.randn(256, 1, 64)]
-    curr_pos = [torch.randn(256, 1, 64)]
+    curr = [torch.randn(256, 1, micro.hidden_dim)]
+    curr_pos = [torch.randn(256, 1, micro.hidden_dim)]
     memory, memory_pos = torch.randn(2 * 256 + 4, 1, 32), torch.randn(2 * 256 + 4, 1, 32)
     with torch.no_grad():
         ref = micro_fp.memory_attention(curr, memory, curr_pos, memory_pos, num_obj_ptr_tokens=4)
@@ -227,20 +227,21 @@ def test_blocked_attention_equals_whole(monkeypatch, budget, calls):
     assert torch.allclose(blocked, whole, atol=1e-6)
 
 
-def test_tiled_linear_equals_untiled(monkeypatch):
+@pytest.mark.parametrize("bias", [True, False])
+def test_tiled_linear_equals_untiled(monkeypatch, bias):
     from bench.quant import modules
 
-    q = QuantLinear(nn.Linear(12, 5), QuantSpec(4, granularity="channel"), QuantSpec(3))
+    q = QuantLinear(nn.Linear(12, 5, bias=bias), QuantSpec(4, granularity="channel"), QuantSpec(3))
     q.calibrate_weight()
     x = torch.randn(2, 9, 12)
     q.aq.set_range(x.min(), x.max())
     with torch.no_grad():
         expected = F.linear(q.aq(x), q.qweight(), q.bias)
         monkeypatch.setattr(modules, "TILE_ELEMENTS", 4 * 12)  # 4 rows per tile, 5 tiles
-        calls = []
-        aq = q.aq.forward
-        monkeypatch.setattr(q.aq, "forward", lambda t, **kw: calls.append(t.shape[0]) or aq(t, **kw))
+        tiles = []
+        addmm = torch.addmm
+        monkeypatch.setattr(torch, "addmm", lambda *a, **kw: tiles.append(a[1].shape[0]) or addmm(*a, **kw))
         out = q(x)
-    assert calls == [4, 4, 4, 4, 2]
+    assert tiles == [4, 4, 4, 4, 2]
     assert out.shape == (2, 9, 5) and torch.allclose(out, expected, atol=1e-6)
     assert not torch.equal(out, F.linear(x, q.weight, q.bias))

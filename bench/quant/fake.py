@@ -228,6 +228,15 @@ class FakeQuantizer(nn.Module):
             return x.div(scale).round_().clamp_(lo, hi).mul_(scale)
         return fake_quant(x, self.scale.to(x.dtype), self.zero_point.to(x.dtype), s.qmin, s.qmax)
 
+    def integer_path(self, x: torch.Tensor) -> tuple[float, float, float] | None:
+        """(scale, q_min - z, q_max - z) when this quantizer's output on `x` is exactly
+        `scale * clamp(round(x / scale), q_min - z, q_max - z)` and no gradient is wanted, so a
+        consumer may keep the integer part and fold `scale` into its own arithmetic (as
+        `QuantLinear` folds it into the matrix product); None otherwise."""
+        if not self.active or type(self).quantize is not FakeQuantizer.quantize or not self._inference_path(x):
+            return None
+        return self._scalars()
+
     def _scalars(self) -> tuple[float, float, float]:
         """Per-tensor (scale, q_min - z, q_max - z) as Python numbers (scalar kernel arguments
         are cheaper than 0-dim tensors), read once per change of the quantization parameters."""
