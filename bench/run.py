@@ -97,9 +97,36 @@ def with_data_roots(cell: Cell) -> Cell:
     return replace(cell, davis_root=davis, coco_root=coco)
 
 
-def run_cell(cell: Cell, work_dir: Path | None = None) -> dict[str, Any]:
+class SharedWork:
+    """Work shared by the cells of one model in one process: the model as built (each cell
+    gets its own copy to quantize) and the calibration data, made once and reused."""
+
+    def __init__(self, work_dir: Path) -> None:
+        self.work_dir = Path(work_dir)
+        self._models: dict[tuple, Any] = {}
+        self._calib: dict[tuple, CalibData] = {}
+
+    def model(self, cell: Cell, device: str):
+        import copy
+
+        key = (cell.model, cell.checkpoints, cell.random_init, device, cell.seed)
+        if key not in self._models:
+            self._models[key] = build_model(cell.model, cell.checkpoints, cell.random_init, device, seed=cell.seed)
+        return copy.deepcopy(self._models[key])
+
+    def calibration(self, cell: Cell) -> CalibData:
+        key = (cell.davis_root, cell.coco_root, cell.calib_dir, cell.calib_n)
+        if key not in self._calib:
+            folder = self.work_dir / f"calib{len(self._calib)}"
+            folder.mkdir(parents=True, exist_ok=True)
+            self._calib[key] = load_calibration(cell, folder)
+        return self._calib[key]
+
+
+def run_cell(cell: Cell, work_dir: Path | None = None, shared: SharedWork | None = None) -> dict[str, Any]:
     """Run a validated cell. Errors inside the method or task give a record with status
-    'failed' and the traceback; BenchError from bad input propagates."""
+    'failed' and the traceback; BenchError from bad input propagates. `shared` reuses the
+    model build and calibration data across the cells of one process."""
     method = validate(cell)
     if cell.task not in DATA_FREE_TASKS or (method.needs_data() and cell.calib_dir is None):
         cell = with_data_roots(cell)
@@ -114,9 +141,14 @@ def run_cell(cell: Cell, work_dir: Path | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(work_dir or tmp)
+        work.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cell.seed)
-        model = build_model(cell.model, cell.checkpoints, cell.random_init, device, seed=cell.seed)
-        calib = load_calibration(cell, work) if method.needs_data() else None
+        if shared is None:
+            model = build_model(cell.model, cell.checkpoints, cell.random_init, device, seed=cell.seed)
+            calib = load_calibration(cell, work) if method.needs_data() else None
+        else:
+            model = shared.model(cell, device)
+            calib = shared.calibration(cell) if method.needs_data() else None
         timings["build_s"] = time.perf_counter() - t0
         try:
             t = time.perf_counter()

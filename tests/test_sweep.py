@@ -1,0 +1,275 @@
+"""Sweeps: validation of sweep files, expansion, the results store, reruns and faults."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from bench import BenchError
+from bench.data import synth
+from bench.sweep import main as sweep_main
+from bench.sweepspec import load
+from tests.conftest import synth_set
+
+REPO = Path(__file__).resolve().parents[1]
+VALID = """
+models: [micro]
+methods: [fp, rtn]
+bits: [[8, 8], [4, 4]]
+tasks: [instseg]
+"""
+
+# (sweep text, what the one-line error must name besides the file)
+MALFORMED = [
+    ("models: [micro]\nmethods: [fp]\ntasks: [instseg\n", "not valid YAML"),
+    ("- a\n- b\n", "expected a mapping at the top level"),
+    (VALID + "colour: red\n", "colour: unknown key; allowed: name, models"),
+    ("methods: [fp]\ntasks: [vos]\n", "models: required key is missing"),
+    ("models: [micro]\ntasks: [vos]\n", "methods: required key is missing"),
+    ("models: [micro]\nmethods: [fp]\n", "tasks: required key is missing"),
+    (VALID.replace("[micro]", "[sam3-h]"), "models[0]: unknown 'sam3-h'; allowed: sam2.1-t"),
+    (VALID.replace("[fp, rtn]", "[fp, gptq]"), "methods[1].name: unknown method 'gptq'; allowed: fp, rtn"),
+    (VALID.replace("[instseg]", "[segment]"), "tasks[0]: unknown 'segment'; allowed: size, vos"),
+    (VALID.replace("[[8, 8], [4, 4]]", "[[0, 8]]"), "bits[0][0]: bit width must be an integer in 2..8 or fp, got 0"),
+    (VALID.replace("[[8, 8], [4, 4]]", "[[4, 9]]"), "bits[0][1]: bit width must be an integer in 2..8"),
+    (VALID.replace("[[8, 8], [4, 4]]", "[4, 4]"), "bits[0]: expected [w_bits, a_bits]"),
+    (VALID.replace("[[8, 8], [4, 4]]", "[['4', 4]]"), "bits[0][0]: bit width must be an integer"),
+    (VALID.replace("[fp, rtn]", "[{name: fp, bits: [[4, 4]]}]"), "methods[0].bits: fp is the unquantized reference"),
+    (VALID.replace("[fp, rtn]", "[{variant: x}]"), "methods[0].name: required key is missing"),
+    (VALID.replace("[fp, rtn]", "[{name: rtn, option: {}}]"), "methods[0].option: unknown key; allowed: name"),
+    (VALID.replace("[fp, rtn]", "[{name: rtn, options: {scope_preset: everything}}]"), "methods[0]:"),
+    (VALID.replace("[fp, rtn]", "[{name: rtn, options: {granularity: group}}]"),
+     "methods[0].options.granularity: unknown key; allowed: components"),
+    (VALID.replace("[fp, rtn]", "[{name: rtn, options: [1, 2]}]"), "methods[0].options: expected a mapping"),
+    (VALID + "data: {davis_root: 5}\n", "data.davis_root: expected a non-empty string, got 5"),
+    (VALID + "data: {max_frames: 0}\n", "data.max_frames: expected an integer >= 1, got 0"),
+    (VALID + "data: {frames: 4}\n", "data.frames: unknown key; allowed: davis_root"),
+    (VALID + "calibration: {n: many}\n", "calibration.n: expected an integer >= 1, got 'many'"),
+    (VALID + "device: tpu\n", "device: expected cpu, cuda or cuda:N, got 'tpu'"),
+    (VALID + "executor: {kind: kubernetes}\n", "executor.kind: unknown 'kubernetes'; allowed: debug, local, slurm"),
+    (VALID + "executor: {max_parallel: 0}\n", "executor.max_parallel: expected an integer >= 1, got 0"),
+    (VALID + "executor: {timeout_min: -1}\n", "executor.timeout_min: expected a positive number, got -1"),
+    (VALID + "executor: {slurm: {gpus: 1}}\n", "executor.slurm.gpus: unknown key; allowed: partition"),
+    (VALID + "executor: {slurm: {cpus_per_task: two}}\n", "executor.slurm.cpus_per_task: expected an integer"),
+    (VALID + "name: 'my sweep'\n", "name: letters, digits"),
+    (VALID + "training: {steps: 10}\n", "training.steps: unknown key"),
+    ("models: [micro]\nmethods: [rtn]\ntasks: [instseg]\n", "methods[0].bits: no bits"),
+]
+
+
+@pytest.mark.parametrize("text,expected", MALFORMED, ids=[f"bad{i:02d}" for i in range(len(MALFORMED))])
+def test_malformed_sweep_files_are_one_line_errors(tmp_path, text, expected):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(BenchError) as e:
+        load(path)
+    msg = str(e.value)
+    assert msg.startswith(f"{path}: ") and expected in msg and "\n" not in msg
+
+
+def test_cli_rejects_a_bad_file_with_exit_2_and_writes_nothing(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text(VALID.replace("[[8, 8], [4, 4]]", "[[0, 8]]"))
+    assert sweep_main([str(path), "--results", str(tmp_path / "results")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "bits[0][0]" in err[0]
+    assert not (tmp_path / "results").exists()
+
+
+def test_grid_expansion_ids_and_fp_reference(tmp_path):
+    path = tmp_path / "grid.yaml"
+    path.write_text("""
+models: [micro, sam2.1-t]
+methods:
+  - fp
+  - rtn
+  - {name: rtn, variant: decoder-only, options: {components: [mask_decoder]}}
+bits: [[8, 8], [4, fp], [fp, fp]]
+tasks: [size, instseg]
+""")
+    sweep = load(path)
+    # fp: one cell per model x task; rtn: (8,8), (4,fp) per variant; (fp,fp) dropped with a reason
+    assert len(sweep.cells) == 2 * 2 * (1 + 2 + 2)
+    assert len({c.cell_id for c in sweep.cells}) == len(sweep.cells)
+    assert any("rtn Wfp" in s and "at least one bit width" in s for s in sweep.skipped)
+    fp = [c for c in sweep.cells if c.cell.method == "fp"]
+    assert all(c.cell.w_bits is None and c.cell.a_bits is None for c in fp)
+    assert {c.variant for c in sweep.cells if c.cell.method == "rtn"} == {"", "decoder-only"}
+    assert sweep.name == "grid" and load(path).cells == sweep.cells  # ids are stable
+
+
+def test_dry_run_lists_cells_and_warns_about_missing_data(tmp_path):
+    path = tmp_path / "big.yaml"
+    path.write_text("""
+models: [sam2.1-t, sam2.1-s, sam2.1-b+, sam2.1-l, sam2-t, sam2-s, sam2-b+, sam2-l, micro]
+methods: [fp, rtn]
+bits: [[8, 8], [4, 4], [2, 8]]
+tasks: [size, vos, instseg, coco-map]
+checkpoints: ${BENCH_TEST_NO_SUCH_VARIABLE}/ckpt
+data: {davis_root: /nonexistent/DAVIS}
+""")
+    env = {k: v for k, v in os.environ.items() if k != "BENCH_CHECKPOINTS"}
+    out = subprocess.run([sys.executable, "-m", "bench.sweep", str(path), "--dry-run", "--results",
+                          str(tmp_path / "results")], capture_output=True, text=True, cwd=REPO, env=env)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("sweep big: 144 cells, 144 to run")
+    assert sum(line.startswith("  run ") for line in lines) == 144
+    assert "warning: unset environment variable $BENCH_TEST_NO_SUCH_VARIABLE in checkpoints" in out.stdout
+    assert "warning: missing data.davis_root: /nonexistent/DAVIS" in out.stdout
+    assert not (tmp_path / "results").exists()
+    # a real run stops before any cell, naming the missing path
+    out = subprocess.run([sys.executable, "-m", "bench.sweep", str(path), "--results", str(tmp_path / "results")],
+                         capture_output=True, text=True, cwd=REPO, env=env)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+    assert "BENCH_TEST_NO_SUCH_VARIABLE" in out.stderr and not (tmp_path / "results").exists()
+
+
+# -- running -------------------------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def micro_weights(tmp_path_factory, monkeypatch):
+    """A micro checkpoint (random weights) in $BENCH_CHECKPOINTS: the sweep machinery is under
+    test here, not the model's quality."""
+    import torch
+
+    from bench.models import build_model
+
+    folder = tmp_path_factory.getbasetemp() / "micro_ckpt"
+    if not (folder / "sam2_micro.pt").is_file():
+        folder.mkdir(exist_ok=True)
+        torch.save({"model": build_model("micro", random_init=True, device="cpu").state_dict()},
+                   folder / "sam2_micro.pt")
+    monkeypatch.setenv("BENCH_CHECKPOINTS", str(folder))
+
+
+SMALL = replace(synth.SynthConfig(), frames=6, clips_train=2, clips_val=2, images_train=4, images_val=2)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return synth_set(tmp_path_factory, SMALL)
+
+
+def small_sweep(tmp_path: Path, data: Path, methods: str, executor: str = "debug", extra: str = "") -> Path:
+    path = tmp_path / "s.yaml"
+    path.write_text(f"""
+name: s
+models: [micro]
+methods: {methods}
+bits: [[4, 4]]
+tasks: [instseg, vos]
+data: {{davis_root: {data / 'davis'}, coco_root: {data / 'coco'}, max_frames: 4, max_images: 2}}
+calibration: {{n: 4}}
+device: cpu
+executor: {{kind: {executor}, max_parallel: 2, timeout_min: 5}}
+{extra}""")
+    return path
+
+
+def records(folder: Path) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")}
+
+
+def test_debug_run_records_and_reruns(tmp_path, data, capsys):
+    path = small_sweep(tmp_path, data, "[fp, rtn]")
+    results = tmp_path / "results"
+    assert sweep_main([str(path), "--results", str(results)]) == 0
+    recs = records(results / "s")
+    sweep = load(path)
+    assert set(recs) == {c.cell_id for c in sweep.cells} and len(recs) == 4
+    for cid, rec in recs.items():
+        assert rec["status"] == "ok" and rec["cell_id"] == cid and rec["sweep"] == "s"
+        assert {"config", "metrics", "timings", "versions", "git_commit", "device", "host", "date"} <= rec.keys()
+        assert ("mIoU" if rec["task"] == "instseg" else "J&F") in rec["metrics"]
+    assert "4 ok, 0 failed, 0 skipped" in capsys.readouterr().err
+    # rerun: nothing to do
+    assert sweep_main([str(path), "--results", str(results)]) == 0
+    assert "0 ok, 0 failed, 4 skipped" in capsys.readouterr().err
+    # a lost record is run again, and only it
+    victim = sorted(recs)[0]
+    (results / "s" / f"{victim}.json").unlink()
+    assert sweep_main([str(path), "--results", str(results)]) == 0
+    assert "1 ok, 0 failed, 3 skipped" in capsys.readouterr().err
+    def scores(m):  # the frame rate is a timing, not a score: it varies run to run
+        return {k: v for k, v in m.items() if k != "fps"}
+    assert scores(records(results / "s")[victim]["metrics"]) == scores(recs[victim]["metrics"])
+    # filters and --force
+    assert sweep_main([str(path), "--results", str(results), "--force", "--only", "method=rtn,task=vos"]) == 0
+    assert "1 ok, 0 failed, 0 skipped" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_local_executor_faults_are_recorded_and_reruns_complete(tmp_path, data, monkeypatch, capsys):
+    """A cell that raises, a worker killed with SIGKILL and a cell past its timeout, beside
+    healthy cells, through submitit's local executor: a dead job's next cells still run."""
+    monkeypatch.setenv("BENCH_PLUGINS", "tests.faulty_methods")
+    monkeypatch.setenv("PYTHONPATH", f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    import importlib
+
+    import methods
+    if "boom" not in methods.METHODS:
+        importlib.import_module("tests.faulty_methods")
+    path = small_sweep(tmp_path, data, "[fp, rtn, boom, sigkill, sleepy]", executor="local")
+    text = path.read_text().replace("tasks: [instseg, vos]", "tasks: [instseg]").replace("timeout_min: 5",
+                                                                                         "timeout_min: 0.75")
+    path.write_text(text)
+    results = tmp_path / "results"
+    assert sweep_main([str(path), "--results", str(results), "--max-parallel", "2"]) == 1
+    by_method = {r["method"]: r for r in records(results / "s").values()}
+    assert by_method["fp"]["status"] == by_method["rtn"]["status"] == "ok"
+    boom = by_method["boom"]
+    assert boom["status"] == "failed" and "boom: this method fails on purpose" in boom["error"]
+    assert by_method["sigkill"]["status"] == "failed" and "job_id" in by_method["sigkill"]
+    assert by_method["sleepy"]["status"] == "failed" and by_method["sleepy"]["error"].startswith("timeout")
+    capsys.readouterr()
+    # a rerun runs only the failed cells (which fail again); the healthy ones are untouched
+    ok_before = {m: by_method[m]["run_id"] for m in ("fp", "rtn")}
+    assert sweep_main([str(path), "--results", str(results), "--rerun-failed", "--only", "method=boom"]) == 1
+    after = {r["method"]: r for r in records(results / "s").values()}
+    assert {m: after[m]["run_id"] for m in ("fp", "rtn")} == ok_before
+    assert after["boom"]["run_id"] != by_method["boom"]["run_id"]
+
+
+@pytest.mark.slow
+def test_killing_the_sweep_never_loses_or_truncates_a_record(tmp_path):
+    """SIGKILL the sweep process at random moments, 20 times, rerunning it each time: every
+    record on disk is always whole JSON, a written record never disappears or changes, and
+    the last run completes what was missing."""
+    import random
+    import signal
+    import time
+
+    path = tmp_path / "k.yaml"
+    path.write_text("""
+models: [micro]
+methods: [fp, rtn]
+bits: [[2, fp], [3, fp], [4, fp], [5, fp], [6, fp], [8, fp]]
+tasks: [size]
+device: cpu
+executor: {kind: debug}
+""")
+    folder = tmp_path / "results" / "k"
+    cmd = [sys.executable, "-m", "bench.sweep", str(path), "--results", str(tmp_path / "results")]
+    rng = random.Random(0)
+    seen: dict[str, str] = {}
+    for _ in range(20):
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(1.0, 6.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        now = {p.stem: p.read_text() for p in folder.glob("*.json")} if folder.exists() else {}
+        assert all(json.loads(text)["status"] == "ok" for text in now.values())
+        assert all(now.get(cid) == text for cid, text in seen.items())  # nothing lost or rewritten
+        seen = now
+    assert 0 < len(seen)
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    final = records(folder)
+    assert len(final) == 7 and all(r["status"] == "ok" for r in final.values())
+    assert all(final[cid] == json.loads(text) for cid, text in seen.items())
