@@ -57,3 +57,15 @@ def synth_set(tmp_path_factory, cfg):
     root = tmp_path_factory.mktemp("synth") / "set"
     synth.generate(cfg, root)
     return root
+
+
+@pytest.fixture
+def micro_weights(tmp_path_factory, monkeypatch):
+    """A micro checkpoint (random weights) in $BENCH_CHECKPOINTS: the sweep machinery is under
+    test, not the model's quality."""
+    folder = tmp_path_factory.getbasetemp() / "micro_ckpt"
+    if not (folder / "sam2_micro.pt").is_file():
+        folder.mkdir(exist_ok=True)
+        torch.save({"model": build_model("micro", random_init=True, device="cpu").state_dict()},
+                   folder / "sam2_micro.pt")
+    monkeypatch.setenv("BENCH_CHECKPOINTS", str(folder))

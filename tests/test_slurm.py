@@ -30,6 +30,11 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+@pytest.fixture(autouse=True)
+def _micro(micro_weights):
+    """Random micro weights in $BENCH_CHECKPOINTS, which the Slurm jobs inherit."""
+
+
 def write_sweep(tmp_path: Path, methods: str) -> Path:
     path = tmp_path / "slurm.yaml"
     path.write_text(f"""

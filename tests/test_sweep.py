@@ -133,19 +133,8 @@ data: {davis_root: /nonexistent/DAVIS}
 
 # -- running -------------------------------------------------------------------------------
 @pytest.fixture(autouse=True)
-def micro_weights(tmp_path_factory, monkeypatch):
-    """A micro checkpoint (random weights) in $BENCH_CHECKPOINTS: the sweep machinery is under
-    test here, not the model's quality."""
-    import torch
-
-    from bench.models import build_model
-
-    folder = tmp_path_factory.getbasetemp() / "micro_ckpt"
-    if not (folder / "sam2_micro.pt").is_file():
-        folder.mkdir(exist_ok=True)
-        torch.save({"model": build_model("micro", random_init=True, device="cpu").state_dict()},
-                   folder / "sam2_micro.pt")
-    monkeypatch.setenv("BENCH_CHECKPOINTS", str(folder))
+def _micro(micro_weights):
+    """Every sweep here runs on a random-weight micro checkpoint."""
 
 
 SMALL = replace(synth.SynthConfig(), frames=6, clips_train=2, clips_val=2, images_train=4, images_val=2)
