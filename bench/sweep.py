@@ -293,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = sum(s != "ok" for s in statuses)
     print(f"sweep {sweep.name}: {len(todo) - failed} ok, {failed} failed, {len(skipped)} skipped; "
           f"records in {folder}/", file=sys.stderr)
+    print(f"tables and plots: python -m bench.report {folder}", file=sys.stderr)
     if failed:
         print(f"rerun the failed cells: python -m bench.sweep {args.sweep} --rerun-failed", file=sys.stderr)
     return 1 if failed else 0

@@ -104,6 +104,19 @@ tasks: [size, instseg]
     assert sweep.name == "grid" and load(path).cells == sweep.cells  # ids are stable
 
 
+def test_shipped_sweeps_validate_and_smoke_covers_every_method():
+    from bench.method import method_registry
+
+    smoke = load(REPO / "sweeps" / "smoke.yaml")
+    registry = method_registry()
+    built_in = {n for n in registry.names() if registry.target(n).startswith("methods.")}
+    assert {c.cell.method for c in smoke.cells} == built_in
+    assert {c.cell.task for c in smoke.cells} == {"vos", "instseg"} and {c.cell.model for c in smoke.cells} == {"micro"}
+    assert len({(c.cell.w_bits, c.cell.a_bits) for c in smoke.cells if c.cell.method != "fp"}) == 2
+    for path in sorted((REPO / "sweeps").glob("*.yaml")):
+        assert load(path).cells, path
+
+
 def test_dry_run_lists_cells_and_warns_about_missing_data(tmp_path):
     path = tmp_path / "big.yaml"
     path.write_text("""
