@@ -246,6 +246,31 @@ def _label(lab: dict[str, Any]) -> str:
     return f"{lab['model']} {lab['method']}{variant}{bits} {lab['task']}"
 
 
+HEADLINE = {"vos": "J&F", "instseg": "mIoU", "coco-map": "mAP", "size": "size_bytes"}
+
+
+def results_table(cells: list[SweepCell], folder: Path) -> list[str]:
+    """A Markdown glance at the sweep: one row per model x method x variant x bits, the
+    headline metric of each task (size in MB); failed or missing cells are '-'."""
+    tasks = [t for t in HEADLINE if any(sc.cell.task == t for sc in cells)]
+    rows: dict[tuple, dict[str, str]] = {}
+    for sc in cells:
+        c = sc.cell
+        key = (c.model, c.method + (f" ({sc.variant})" if sc.variant else ""),
+               f"W{c.w_bits or 'fp'}A{c.a_bits or 'fp'}")
+        rec = read_record(folder, sc.cell_id) or {}
+        value = rec.get("metrics", {}).get(HEADLINE.get(c.task, ""))
+        if rec.get("status") == "ok" and isinstance(value, (int, float)):
+            rows.setdefault(key, {})[c.task] = f"{value / 2**20:.2f}" if c.task == "size" else f"{value:.1f}"
+        else:
+            rows.setdefault(key, {})
+    head = [("size (MB)" if t == "size" else f"{t} {HEADLINE[t]}") for t in tasks]
+    lines = ["| model | method | bits | " + " | ".join(head) + " |", "|---|---|---|" + "---:|" * len(tasks)]
+    lines += ["| " + " | ".join(key) + " | " + " | ".join(vals.get(t, "-") for t in tasks) + " |"
+              for key, vals in rows.items()]
+    return lines
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.sweep", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -289,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         run_jobs(sweep, groups, kind, folder, run_id, max_parallel, progress)
     finally:
         progress.close()
+    print("\n".join(results_table(sweep.cells, folder)))
     statuses = [(read_record(folder, sc.cell_id) or {}).get("status") for sc in todo]
     failed = sum(s != "ok" for s in statuses)
     print(f"sweep {sweep.name}: {len(todo) - failed} ok, {failed} failed, {len(skipped)} skipped; "

@@ -189,7 +189,14 @@ def test_debug_run_records_and_reruns(tmp_path, data, capsys):
         assert rec["status"] == "ok" and rec["cell_id"] == cid and rec["sweep"] == "s"
         assert {"config", "metrics", "timings", "versions", "git_commit", "device", "host", "date"} <= rec.keys()
         assert ("mIoU" if rec["task"] == "instseg" else "J&F") in rec["metrics"]
-    assert "4 ok, 0 failed, 0 skipped" in capsys.readouterr().err
+    out = capsys.readouterr()
+    assert "4 ok, 0 failed, 0 skipped" in out.err and f"python -m bench.report {results / 's'}" in out.err
+    # the closing table holds the records' headline metrics
+    by = {(r["method"], r["task"]): r for r in recs.values()}
+    rtn = by[("rtn", "vos")]
+    row = (f"| micro | rtn | W{rtn['w_bits'] or 'fp'}A{rtn['a_bits'] or 'fp'} | {rtn['metrics']['J&F']:.1f} | "
+           f"{by[('rtn', 'instseg')]['metrics']['mIoU']:.1f} |")
+    assert row in out.out.splitlines() and "| model | method | bits | vos J&F | instseg mIoU |" in out.out
     # rerun: nothing to do
     assert sweep_main([str(path), "--results", str(results)]) == 0
     assert "0 ok, 0 failed, 4 skipped" in capsys.readouterr().err
