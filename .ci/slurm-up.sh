@@ -13,6 +13,10 @@ LOG=/var/log/slurm
 HOST=$(hostname -s)
 export DEBIAN_FRONTEND=noninteractive
 
+running() {  # pid file: whether its process is alive (a second bring-up reuses the daemons)
+  [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null
+}
+
 until_ok() {  # what, seconds, command...: poll every 0.1 s
   local what=$1 secs=$2; shift 2
   for _ in $(seq $((secs * 10))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
@@ -40,7 +44,7 @@ mkdir -p /run/munge /var/log/munge /var/lib/munge
 chown munge:munge /run/munge /var/log/munge /var/lib/munge
 [ -s /etc/munge/munge.key ] || runuser -u munge -- mungekey --create
 chown munge:munge /etc/munge/munge.key && chmod 400 /etc/munge/munge.key
-if ! { [ -s /run/munge/munged.pid ] && kill -0 "$(cat /run/munge/munged.pid)" 2>/dev/null; }; then
+if ! running /run/munge/munged.pid; then
   runuser -u munge -- /usr/sbin/munged
 fi
 until_ok munged 10 sh -c 'munge -n | unmunge'
@@ -51,7 +55,7 @@ data=/var/spool/bench-slurm-mysql
 mkdir -p $data /run/mysqld
 [ -d $data/mysql ] || "$DB/usr/bin/mariadb-install-db" --no-defaults --basedir="$DB/usr" --datadir=$data \
     --user=root --auth-root-authentication-method=normal --skip-test-db >$LOG/mariadb-install.log 2>&1
-setsid "$DB/usr/sbin/mariadbd" --no-defaults --basedir="$DB/usr" --datadir=$data --user=root \
+running /run/mysqld/mysqld.pid || setsid "$DB/usr/sbin/mariadbd" --no-defaults --basedir="$DB/usr" --datadir=$data --user=root \
     --socket=/run/mysqld/mysqld.sock --pid-file=/run/mysqld/mysqld.pid --bind-address=127.0.0.1 \
     --port=3306 --log-error=$LOG/mariadb.log --innodb-buffer-pool-size=128M </dev/null >/dev/null 2>&1 &
 sql() { "$DB/usr/bin/mariadb" --no-defaults -S /run/mysqld/mysqld.sock -uroot -e "$1"; }
@@ -77,7 +81,7 @@ StorageLoc=slurm_acct_db
 PluginDir=/usr/lib/x86_64-linux-gnu/slurm-wlm:$DB/usr/lib/x86_64-linux-gnu/slurm-wlm
 EOF
 chmod 600 /etc/slurm/slurmdbd.conf   # slurmdbd refuses a readable one
-"$DB/usr/sbin/slurmdbd"
+running /run/slurmdbd.pid || "$DB/usr/sbin/slurmdbd"
 until_ok slurmdbd 30 bash -c 'exec 3<>/dev/tcp/127.0.0.1/6819'
 
 # 4. the cluster: the node line as slurmd sees the hardware, memory at 90% so the node is not
@@ -119,9 +123,9 @@ AccountingStoragePort=6819
 ${node} NodeAddr=127.0.0.1 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
-slurmctld
+running /run/slurmctld.pid || slurmctld
 until_ok slurmctld 30 scontrol ping
-slurmd
+running /run/slurmd.pid || slurmd
 until_ok "an idle node" 60 sh -c '[ "$(sinfo -h -N -o %t)" = idle ]'
 # the first batch job after slurmctld starts waits for a scheduling pass: run one now
 job=$(sbatch --parsable -o /dev/null -J warmup --wrap true)
