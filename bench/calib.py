@@ -24,12 +24,14 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 class CalibImage:
     image: np.ndarray  # H x W x 3 uint8 RGB
     boxes: np.ndarray  # N x 4 float, xyxy in image pixels (N >= 1)
+    masks: np.ndarray | None = None  # N x H x W bool GT masks of the boxes' objects, when known
 
 
 @dataclass
 class CalibClip:
     frames_dir: Path  # a folder of <frame>.jpg, as sam2's video predictor reads them
     masks: dict[int, np.ndarray]  # object id -> H x W bool mask on the first frame
+    labels: list[np.ndarray] | None = None  # per-frame GT label maps (H x W, object ids), when known
 
 
 @dataclass
@@ -59,9 +61,10 @@ class CalibData:
 
     @classmethod
     def from_datasets(cls, davis_root: str | None, coco_root: str | None, n: int, work_dir: Path) -> CalibData:
-        """`n` images (with their GT boxes) from the COCO train split and `n` frames from the
-        first sequences of the DAVIS train split (whole clips from frame 0 with their frame-0
-        masks, the last one cut to make `n`); deterministic, sorted by id / name."""
+        """`n` images (with their GT boxes and masks) from the COCO train split and `n` frames
+        from the first sequences of the DAVIS train split (whole clips from frame 0 with their
+        frame-0 masks and, where every frame is annotated, all frames' label maps, the last clip
+        cut to make `n`); deterministic, sorted by id / name."""
         calib = cls()
         if coco_root is not None:
             calib.images = coco_images(coco_root, n)
@@ -80,7 +83,8 @@ def coco_images(root: str, n: int, max_boxes: int = 16) -> list[CalibImage]:
         anns = ds.annotations(image_id)[:max_boxes]
         if anns:
             boxes = np.array([box_xywh_to_xyxy(a["bbox"]) for a in anns], dtype=np.float32)
-            images.append(CalibImage(read_rgb(ds.image_path(image_id)), boxes))
+            masks = np.stack([ds.gt_mask(a) for a in anns])
+            images.append(CalibImage(read_rgb(ds.image_path(image_id)), boxes, masks))
         if len(images) == n:
             break
     return images
@@ -97,7 +101,9 @@ def davis_clips(root: str, n: int, links: Path) -> list[CalibClip]:
             break
         first = ds.read_mask(seq, names[0])
         folder = ds.link_frames(seq, links / seq, names)
-        clips.append(CalibClip(folder, {i: first == i for i in ds.object_ids(seq)}))
+        annotated = set(ds.annotated_frames(seq))
+        labels = [ds.read_mask(seq, f) for f in names] if annotated.issuperset(names) else None
+        clips.append(CalibClip(folder, {i: first == i for i in ds.object_ids(seq)}, labels))
         left -= len(names)
         if left <= 0:
             break

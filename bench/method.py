@@ -14,7 +14,7 @@ from torch import nn
 
 from bench import BenchError
 from bench.calib import CalibData
-from bench.quant.fake import QuantSpec, check_bits
+from bench.quant.fake import FakeQuantizer, QuantSpec, check_bits
 from bench.quant.scope import COMPONENTS, QuantPlan, Scope
 
 
@@ -50,12 +50,15 @@ class MethodConfig:
 
 class Method:
     """Base class. `apply` quantizes `model` in place (using `calib` when the method needs data)
-    and returns it; `variant` is the ablation label shown in reports (empty for the default)."""
+    and returns it; `variant` is the ablation label shown in reports (empty for the default);
+    `info` holds what `apply` measured (e.g. training time, losses, peak memory), copied into
+    the record as `method_info`."""
 
     name: ClassVar[str] = ""
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     def __init__(self, config: MethodConfig) -> None:
         self.config = config
+        self.info: dict[str, Any] = {}  # figures of `apply` (training time, losses, memory) for the record
 
     def needs_data(self) -> bool:
         """Whether `apply` needs calibration/training data."""
@@ -67,6 +70,26 @@ class Method:
 
     def apply(self, model: nn.Module, calib: CalibData | None) -> nn.Module:
         raise NotImplementedError
+
+
+def inactive_quantizers(model: nn.Module) -> list[str]:
+    """Quantizer slots with a spec that would not quantize their whole input in evaluation:
+    uncalibrated, disabled, still observing, or dropping part of it (QDrop's `drop_prob` < 1)."""
+    return [
+        n for n, m in model.named_modules()
+        if isinstance(m, FakeQuantizer) and m.spec is not None and (not m.active or getattr(m, "drop_prob", 1.0) < 1.0)
+    ]
+
+
+def check_quantizers_active(model: nn.Module, config: MethodConfig) -> None:
+    """Run after every `apply`: each quantizer is active in evaluation. A method config with
+    `eval_dropout_bug: true` (reproducing PTQ4SAM's official evaluation bug, see
+    methods/ptq4sam.py) is exempt."""
+    if getattr(config, "eval_dropout_bug", False):
+        return
+    bad = inactive_quantizers(model)
+    if bad:
+        raise RuntimeError(f"{len(bad)} quantizers are not active in evaluation after apply (first: {bad[0]})")
 
 
 def method_registry():

@@ -19,7 +19,7 @@ import torch
 
 from bench import BenchError
 from bench.calib import CalibData
-from bench.method import method_registry
+from bench.method import check_quantizers_active, method_registry
 from bench.models import build_model, default_device, model_entry
 from bench.record import environment, write_json_atomic
 from bench.tasks import DATA_FREE_TASKS, TASKS, TaskContext
@@ -153,7 +153,9 @@ def run_cell(cell: Cell, work_dir: Path | None = None, shared: SharedWork | None
         try:
             t = time.perf_counter()
             model = method.apply(model, calib)
+            check_quantizers_active(model, method.config)
             timings["apply_s"] = time.perf_counter() - t
+            record["method_info"] = dict(method.info)
             t = time.perf_counter()
             record["metrics"] = TASKS.get(cell.task)(model, TaskContext(cell.model, device, work, cell.task_options()))
             timings["task_s"] = time.perf_counter() - t

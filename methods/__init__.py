@@ -12,6 +12,11 @@ from bench.registry import Registry
 METHODS = Registry("method")
 METHODS.register("fp", "methods.fp:FullPrecision")
 METHODS.register("rtn", "methods.rtn:RTN")
+METHODS.register("lsq", "methods.lsq:LSQ")
+METHODS.register("pact", "methods.pact:PACT")
+METHODS.register("qsam2", "methods.qsam2:QSAM2")
+METHODS.register("ptq4sam", "methods.ptq4sam:PTQ4SAM")
+METHODS.register("saqsam", "methods.saqsam:SAQSAM")
 
 for _module in filter(None, os.environ.get("BENCH_PLUGINS", "").split(",")):
     importlib.import_module(_module.strip())

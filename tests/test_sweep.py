@@ -58,7 +58,7 @@ MALFORMED = [
     (VALID + "executor: {slurm: {gpus: 1}}\n", "executor.slurm.gpus: unknown key; allowed: partition"),
     (VALID + "executor: {slurm: {cpus_per_task: two}}\n", "executor.slurm.cpus_per_task: expected an integer"),
     (VALID + "name: 'my sweep'\n", "name: letters, digits"),
-    (VALID + "training: {steps: 10}\n", "training.steps: unknown key"),
+    (VALID + "training: {optimizer: adam}\n", "training.optimizer: unknown key"),
     ("models: [micro]\nmethods: [rtn]\ntasks: [instseg]\n", "methods[0].bits: no bits"),
 ]
 

@@ -4,7 +4,9 @@ SAM2 calls `F.scaled_dot_product_attention`, which hides QK^T, softmax and AV. T
 here subclass SAM2's own (`MultiScaleAttention` in Hiera, `Attention` in the mask decoder,
 `RoPEAttention` in memory attention), keep every submodule and attribute of the original, and
 route the attention core through `attend`, which can quantize the matmul inputs q, k, v
-(after RoPE, i.e. exactly what enters QK^T) and the post-softmax probabilities.
+(after RoPE, i.e. exactly what enters QK^T) and the post-softmax probabilities. A probability
+quantizer with `needs_values` (PTQ4SAM's AGQ) observes through `observe_attention(probs, v)`,
+on whole (unblocked) probability tensors.
 
 When neither probabilities are quantized nor `explicit` is set, SDPA is still used, so a
 wrapped model with quantizers off is the original computation.
@@ -59,7 +61,7 @@ class QuantAttentionMixin:
         lead = q.shape[:-2]
         if (
             self.keep_probs or learning or dropout_p > 0.0 or k.shape[:-2] != lead or v.shape[:-2] != lead
-            or math.prod(q.shape[:-1]) * k.shape[-2] <= BLOCK_ELEMENTS
+            or self.p_quant.observing or math.prod(q.shape[:-1]) * k.shape[-2] <= BLOCK_ELEMENTS
         ):
             return self._core(q, k, v, dropout_p)
         return self._blocked(q, k, v)
@@ -91,6 +93,8 @@ class QuantAttentionMixin:
                 self.last_probs = probs.detach().clone()
         else:
             probs = torch.softmax(logits, dim=-1, out=logits)
+        if self.p_quant.observing and getattr(self.p_quant, "needs_values", False):
+            self.p_quant.observe_attention(probs, v)  # e.g. AGQ: error measured on probs @ v
         probs = self.p_quant(probs, inplace=True)
         if dropout_p > 0.0:
             probs = F.dropout(probs, p=dropout_p)

@@ -1,0 +1,516 @@
+"""The quantization-aware training loop shared by `lsq`, `pact` and `qsam2`.
+
+A method's `apply` is `quantize_and_train(model, calib, cfg, prepare)`, which runs:
+
+    samples = build_samples(calib, model.image_size, cfg.clip_frames)
+    teacher = teacher_outputs(model, samples)       # the FP model, before quantizing it
+    prepare(model)                                  # the method: wrap, quantizers, calibration
+    info = train(model, samples, teacher, cfg)      # distillation (+ GT loss) on the samples
+    freeze_quantizers(model)                        # learned quantizers -> plain ones
+
+Training data are the cell's calibration data (`CalibData`, the same for every method):
+  - images: each prompted by all of its GT boxes at once (one decoder batch), single-mask
+    output, as the `instseg` task prompts them;
+  - video: windows of `clip_frames` consecutive frames; the window's first frame gets every
+    object's GT mask as a mask prompt (as `vos` does on frame 0), the others are tracked from
+    memory. Clips with per-frame labels are cut into consecutive windows (objects: those
+    present at the window's first frame); without labels only the window at frame 0 is used.
+The student runs the same code as evaluation, SAM2Base's `_track_step` (see
+bench.train_micro), with the model in eval mode (no dropout or drop-path, eval-time memory
+selection), so with its quantizers off it computes exactly the teacher's outputs.
+
+Loss per sample: `distill_weight` x the mask-logit distillation (`distill="kl"`: per-pixel
+Bernoulli KL(teacher || student) of the low-resolution mask logits, all masks of the output;
+"mse": MSE of the logits) + `aux_weight` x (MSE of the predicted IoUs + KL of the object-score
+logits) + `feature_weight` x the normalized MSE of the image encoder's backbone features (each
+FPN level the decoder reads, ||s - t||^2 / ||t||^2, averaged over levels) + `seg_weight` x
+SAM2's segmentation loss where ground truth exists (bench.train_micro.mask_losses: focal x 20
+or BCE, plus dice, IoU L1 and object BCE; on the best of multiple masks). Tracked frames of a
+window are averaged. The FP teacher's outputs are computed once, before training, and kept on
+the CPU.
+
+Optimization: AdamW (fused kernel where available); model weights at `lr` with
+`weight_decay`; quantizer parameters (LSQ step sizes, PACT clipping levels in activation
+units, LSC's dimensionless factors) without weight decay at a relative rate: a parameter
+tensor's learning rate is `lr_quant` x its initial mean magnitude (rounded to a power of 2), so
+every kind moves by about the same fraction per step (Adam's step is about lr whatever the
+gradient's scale; the papers' single SGD rate does not carry over). Linear warm-up over
+`warmup_frac` of the steps, then cosine decay to 0 (`schedule="cosine"`) or constant;
+gradient-norm clipping (`grad_clip`); `batch_size` samples per step (gradients accumulated),
+drawn in seeded random order without replacement per epoch. CPU, or CUDA with bf16
+autocast (quantizers compute in float32). On CPU, bit-identical for a given seed and thread
+count; on CUDA up to the nondeterminism of some kernels (e.g. atomic adds in backward).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import resource
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd.graph import increment_version
+from tqdm import tqdm
+
+from bench import BenchError
+from bench.calib import CalibData, read_rgb
+from bench.method import QuantConfig
+from bench.quant.fake import FakeQuantizer
+from bench.quant.learned import freeze_quantizers, learned_quantizers
+from bench.quant.modules import QuantLayer
+from bench.train_micro import features, mask_losses, to_input, track
+
+SCHEDULES = ("cosine", "constant")
+DISTILL = ("kl", "mse")
+SEG_LOSSES = ("focal", "bce")
+
+
+@dataclass(frozen=True)
+class QATConfig(QuantConfig):
+    """Training budget and losses shared by the QAT methods (see the module docstring)."""
+
+    steps: int = 200
+    batch_size: int = 1
+    lr: float = 1e-5  # model weights (AdamW)
+    lr_quant: float = 1e-2  # quantizer parameters, relative to their magnitude (see the module docstring)
+    weight_decay: float = 0.0
+    warmup_frac: float = 0.05
+    schedule: str = "cosine"
+    grad_clip: float = 1.0  # 0: off
+    clip_frames: int = 4
+    distill: str = "kl"
+    distill_weight: float = 1.0
+    aux_weight: float = 1.0
+    feature_weight: float = 1.0
+    seg_weight: float = 1.0
+    seg_loss: str = "focal"
+    train_weights: bool = True
+    report_loss: bool = True  # loss over all samples before and after training, in `info`
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _integer(self, "steps", 0)
+        _integer(self, "batch_size", 1)
+        _integer(self, "clip_frames", 2)
+        _integer(self, "seed", 0)
+        for f in ("lr", "lr_quant", "weight_decay", "grad_clip", "distill_weight", "aux_weight",
+                  "feature_weight", "seg_weight"):
+            _number(self, f, 0.0)
+        _number(self, "warmup_frac", 0.0, 1.0)
+        _choice(self, "schedule", SCHEDULES)
+        _choice(self, "distill", DISTILL)
+        _choice(self, "seg_loss", SEG_LOSSES)
+        for f in ("train_weights", "report_loss"):
+            if not isinstance(getattr(self, f), bool):
+                raise BenchError(f"{f}: expected true or false, got {getattr(self, f)!r}")
+
+
+def _integer(cfg, field: str, minimum: int) -> None:
+    v = getattr(cfg, field)
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        raise BenchError(f"{field}: expected an integer >= {minimum}, got {v!r}")
+
+
+def _number(cfg, field: str, minimum: float, below: float | None = None) -> None:
+    v = getattr(cfg, field)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < minimum:
+        raise BenchError(f"{field}: expected a number >= {minimum}, got {v!r}")
+    if below is not None and v >= below:
+        raise BenchError(f"{field}: expected a number in [{minimum}, {below}), got {v!r}")
+
+
+def _choice(cfg, field: str, allowed: tuple[str, ...]) -> None:
+    v = getattr(cfg, field)
+    if v not in allowed:
+        raise BenchError(f"{field}: expected one of {', '.join(allowed)}, got {v!r}")
+
+
+# -- training samples --------------------------------------------------------------------------
+@dataclass
+class ImageSample:
+    image: torch.Tensor  # (1, 3, S, S) normalized
+    boxes: torch.Tensor  # (k, 2, 2) box corners in model-input pixels
+    masks: torch.Tensor | None  # (k, S, S) float GT masks, when known
+
+    def to(self, device: torch.device) -> ImageSample:
+        m = None if self.masks is None else self.masks.to(device)
+        return ImageSample(self.image.to(device), self.boxes.to(device), m)
+
+
+@dataclass
+class ClipSample:
+    frames: torch.Tensor  # (T, 3, S, S) normalized
+    prompts: torch.Tensor  # (k, 1, S, S) float masks of the first frame
+    targets: torch.Tensor | None  # (T, k, S, S) float GT masks, when known
+
+    def to(self, device: torch.device) -> ClipSample:
+        t = None if self.targets is None else self.targets.to(device)
+        return ClipSample(self.frames.to(device), self.prompts.to(device), t)
+
+
+Sample = ImageSample | ClipSample
+
+
+def _resize_masks(masks: np.ndarray, size: int) -> torch.Tensor:
+    m = torch.from_numpy(np.ascontiguousarray(masks)).float()[None]
+    return F.interpolate(m, size=(size, size), mode="nearest")[0]
+
+
+def _frame_files(folder: Path) -> list[Path]:
+    """JPEG frames in sam2's order (numeric stems)."""
+    files = [p for p in Path(folder).iterdir() if p.suffix.lower() in (".jpg", ".jpeg")]
+    return sorted(files, key=lambda p: (int(p.stem), p.name) if p.stem.isdigit() else (math.inf, p.name))
+
+
+def image_samples(calib: CalibData, size: int) -> list[ImageSample]:
+    out = []
+    for item in calib.images:
+        h, w = item.image.shape[:2]
+        boxes = torch.from_numpy(item.boxes.astype(np.float32)) * torch.tensor([size / w, size / h] * 2)
+        masks = None if item.masks is None else _resize_masks(item.masks, size)
+        out.append(ImageSample(to_input([item.image], size), boxes.reshape(-1, 2, 2), masks))
+    return out
+
+
+def clip_samples(calib: CalibData, size: int, window: int) -> list[ClipSample]:
+    out = []
+    for clip in calib.clips:
+        files = _frame_files(clip.frames_dir)
+        ids = sorted(clip.masks)
+        labels = clip.labels if clip.labels is not None and len(clip.labels) == len(files) else None
+        starts = range(0, len(files) - 1, window) if labels is not None else [0]
+        for start in starts:
+            sel = list(range(start, min(start + window, len(files))))
+            if len(sel) < 2:
+                continue
+            first = [labels[start] == i for i in ids] if labels is not None else [clip.masks[i] for i in ids]
+            present = [i for i, m in zip(ids, first) if m.any()]
+            if not present:
+                continue
+            prompts = _resize_masks(np.stack([m for m in first if m.any()]), size)[:, None]
+            targets = None
+            if labels is not None:
+                targets = torch.stack([_resize_masks(np.stack([labels[t] == i for i in present]), size) for t in sel])
+            frames = to_input([read_rgb(files[t]) for t in sel], size)
+            out.append(ClipSample(frames, prompts, targets))
+    return out
+
+
+def build_samples(calib: CalibData | None, size: int, clip_frames: int) -> list[Sample]:
+    """Training samples of the calibration data: images first, then video windows."""
+    if calib is None or len(calib) == 0:
+        raise BenchError("quantization-aware training needs calibration data (images or video clips)")
+    samples: list[Sample] = [*image_samples(calib, size), *clip_samples(calib, size, clip_frames)]
+    if not samples:
+        raise BenchError("quantization-aware training: the calibration data gave no usable sample")
+    return samples
+
+
+def calibration_images(calib: CalibData | None, size: int) -> Iterator[torch.Tensor]:
+    """Every calibration image and every frame of the calibration clips, as (1, 3, S, S)
+    model inputs (made one at a time)."""
+    if calib is None or len(calib) == 0:
+        raise BenchError("calibration data needed (images or video clips)")
+    for item in calib.images:
+        yield to_input([item.image], size)
+    for clip in calib.clips:
+        for f in _frame_files(clip.frames_dir):
+            yield to_input([read_rgb(f)], size)
+
+
+# -- forward passes ------------------------------------------------------------------------------
+def _image_forward(model: nn.Module, s: ImageSample) -> dict:
+    feats, pos, sizes = features(model, s.image)
+    k = len(s.boxes)
+    points = {"point_coords": s.boxes, "point_labels": torch.tensor([[2, 3]] * k, dtype=torch.int32,
+                                                                       device=s.boxes.device)}
+    feats_k = [f.expand(-1, k, -1) for f in feats]
+    pos_k = [p.expand(-1, k, -1) for p in pos]
+    out = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
+    _, sam_out, _, _ = model._track_step(0, True, feats_k, pos_k, sizes, points, None, out, 1, False, None)
+    multi, _, ious, _, _, _, obj = sam_out
+    return {"feats": feats, "heads": [(multi, ious, obj)]}
+
+
+def _clip_forward(model: nn.Module, s: ClipSample) -> dict:
+    feats, pos, sizes = features(model, s.frames)
+    k = len(s.prompts)
+    out = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
+    heads = []
+    for t in range(len(s.frames)):
+        prompt = s.prompts if t == 0 else None
+        current, multi, ious, obj = track(model, t, t == 0, feats, pos, sizes, k, out, len(s.frames),
+                                          mask_inputs=prompt)
+        out["cond_frame_outputs" if t == 0 else "non_cond_frame_outputs"][t] = current
+        if t > 0:
+            heads.append((multi, ious, obj))
+    return {"feats": feats, "heads": heads}
+
+
+def forward(model: nn.Module, sample: Sample) -> dict:
+    """{"feats": backbone feature levels, "heads": [(mask logits (k, M, h, w), IoUs (k, M),
+    object-score logits (k, 1)) per scored output]}; differentiable."""
+    return _image_forward(model, sample) if isinstance(sample, ImageSample) else _clip_forward(model, sample)
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _detach(out: dict, device: str | torch.device = "cpu") -> dict:
+    return {
+        "feats": [f.detach().float().to(device) for f in out["feats"]],
+        "heads": [tuple(t.detach().float().to(device) for t in h) for h in out["heads"]],
+    }
+
+
+@torch.no_grad()
+def teacher_outputs(model: nn.Module, samples: list[Sample]) -> list[dict]:
+    """The FP model's outputs on every sample, computed once and kept on the CPU (call it
+    before the model is quantized)."""
+    device = _device(model)
+    was_training = model.training
+    model.eval()
+    out = []
+    with _autocast(device):
+        for s in samples:
+            out.append(_detach(forward(model, s.to(device))))
+    model.train(was_training)
+    return out
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+# -- losses --------------------------------------------------------------------------------------
+def _bernoulli_kl(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean per-element KL(sigmoid(teacher) || sigmoid(student)) of two logit tensors."""
+    p = teacher.sigmoid()
+    return (F.binary_cross_entropy_with_logits(student, p) - F.binary_cross_entropy_with_logits(teacher, p))
+
+
+def loss_terms(out: dict, ref: dict, sample: Sample, cfg: QATConfig) -> dict[str, torch.Tensor]:
+    """The loss terms of one sample (unweighted), student `out` against teacher `ref`."""
+    zero = out["heads"][0][0].new_zeros((), dtype=torch.float32)
+    distill, aux, seg = zero, zero, zero
+    targets = None
+    if isinstance(sample, ImageSample):
+        targets = None if sample.masks is None else [sample.masks]
+    elif sample.targets is not None:
+        targets = list(sample.targets[1:])
+    for i, ((logits, ious, obj), (t_logits, t_ious, t_obj)) in enumerate(zip(out["heads"], ref["heads"])):
+        logits, ious, obj = logits.float(), ious.float(), obj.float()
+        if cfg.distill == "kl":
+            distill = distill + _bernoulli_kl(logits, t_logits)
+        else:
+            distill = distill + F.mse_loss(logits, t_logits)
+        aux = aux + F.mse_loss(ious, t_ious) + _bernoulli_kl(obj, t_obj)
+        if targets is not None and cfg.seg_weight > 0:
+            seg = seg + mask_losses(logits, ious, obj, targets[i], cfg.seg_loss)
+    n = len(out["heads"])
+    feature = zero
+    if cfg.feature_weight > 0:
+        levels = [((s.float() - t).square().mean() / t.square().mean().clamp_min(1e-12))
+                  for s, t in zip(out["feats"], ref["feats"])]
+        feature = torch.stack(levels).mean()
+    return {"distill": distill / n, "aux": aux / n, "feature": feature, "seg": seg / n}
+
+
+def total_loss(terms: dict[str, torch.Tensor], cfg: QATConfig) -> torch.Tensor:
+    return (cfg.distill_weight * terms["distill"] + cfg.aux_weight * terms["aux"]
+            + cfg.feature_weight * terms["feature"] + cfg.seg_weight * terms["seg"])
+
+
+def _ref_to(ref: dict, device: torch.device) -> dict:
+    return _detach(ref, device) if device.type != "cpu" else ref
+
+
+@torch.no_grad()
+def evaluate_loss(model: nn.Module, samples: list[Sample], teacher: list[dict], cfg: QATConfig) -> dict[str, float]:
+    """Mean loss terms and total over all samples (no training side effects)."""
+    device = _device(model)
+    sums: dict[str, float] = {}
+    with _autocast(device):
+        for s, ref in zip(samples, teacher):
+            terms = loss_terms(forward(model, s.to(device)), _ref_to(ref, device), s, cfg)
+            terms["total"] = total_loss(terms, cfg)
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+    return {k: v / len(samples) for k, v in sums.items()}
+
+
+# -- the loop ------------------------------------------------------------------------------------
+def lr_factor(step: int, cfg: QATConfig) -> float:
+    warmup = int(round(cfg.warmup_frac * cfg.steps))
+    if step < warmup:
+        return (step + 1) / warmup
+    if cfg.schedule == "constant":
+        return 1.0
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, cfg.steps - warmup)))
+
+
+def _quantizer_groups(params: list[nn.Parameter], lr_quant: float) -> list[dict]:
+    """Quantizer parameters get the relative rate `lr_quant`: each tensor's Adam learning rate
+    is lr_quant x its current mean magnitude, rounded to a power of 2 (one group per power)."""
+    buckets: dict[int, list[nn.Parameter]] = {}
+    for p in params:
+        mag = float(p.detach().abs().mean()) if p.numel() else 1.0
+        buckets.setdefault(round(math.log2(max(mag, 1e-12))), []).append(p)
+    return [{"params": ps, "lr": lr_quant * 2.0**k, "weight_decay": 0.0, "base_lr": lr_quant * 2.0**k}
+            for k, ps in sorted(buckets.items())]
+
+
+def make_optimizer(model: nn.Module, cfg: QATConfig) -> tuple[torch.optim.Optimizer, list[nn.Parameter]]:
+    quant = [p for q in learned_quantizers(model).values() for p in q.parameters(recurse=False)]
+    ids = {id(p) for p in quant}
+    weights = [p for p in model.parameters() if id(p) not in ids]
+    for p in weights:
+        p.requires_grad_(cfg.train_weights)
+    for p in quant:
+        p.requires_grad_(True)
+    groups = _quantizer_groups(quant, cfg.lr_quant)
+    if cfg.train_weights:
+        groups.append({"params": weights, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "base_lr": cfg.lr})
+    groups = [g for g in groups if g["params"]]
+    params = [p for g in groups for p in g["params"]]
+    if not groups:
+        return None, params
+    try:  # the fused kernel: one pass over all parameters (hundreds of small quantizer ones)
+        return torch.optim.AdamW(groups, fused=True), params
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(groups), params
+
+
+def _peak_memory(device: torch.device) -> dict[str, float | str]:
+    if device.type == "cuda":
+        return {"peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20, "peak_mem_kind": "cuda_max_allocated"}
+    return {"peak_mem_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "peak_mem_kind": "cpu_max_rss"}
+
+
+def train_step(
+    model: nn.Module,
+    batch: list[tuple[Sample, dict]],
+    cfg: QATConfig,
+    opt: torch.optim.Optimizer | None,
+    params: list[nn.Parameter],
+    regularizer: Callable[[], torch.Tensor] | None = None,
+    quantizers: list | None = None,
+) -> float:
+    """One optimizer step on `batch` (sample, teacher output) pairs; returns the loss.
+    `quantizers`: the model's learned quantizers (found when not given)."""
+    device = _device(model)
+    if opt:
+        opt.zero_grad(set_to_none=True)
+    step_loss = 0.0
+    for sample, ref in batch:
+        s = sample.to(device)
+        with _autocast(device):
+            loss = total_loss(loss_terms(forward(model, s), _ref_to(ref, device), s, cfg), cfg)
+        (loss / len(batch)).backward()
+        step_loss += float(loss.detach()) / len(batch)
+    if regularizer is not None:
+        reg = regularizer()
+        reg.backward()
+        step_loss += float(reg.detach())
+    if opt:
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        if opt.defaults.get("fused"):  # the fused kernel does not count its in-place updates:
+            increment_version(params)  # caches keyed on tensor versions must see them
+    for q in learned_quantizers(model).values() if quantizers is None else quantizers:
+        q.post_step()
+    return step_loss
+
+
+def train(
+    model: nn.Module,
+    samples: list[Sample],
+    teacher: list[dict],
+    cfg: QATConfig,
+    regularizer: Callable[[], torch.Tensor] | None = None,
+    desc: str = "qat",
+) -> dict:
+    """Train `model` (quantized, in place) for `cfg.steps` steps; returns figures for the
+    record: steps, time, losses before/after (`report_loss`), peak memory."""
+    device = _device(model)
+    torch.manual_seed(cfg.seed)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    info: dict = {"qat_steps": cfg.steps, "qat_samples": len(samples)}
+    quantizers = list(learned_quantizers(model).values())
+    plain = [m for m in model.modules() if isinstance(m, QuantLayer) and type(m.wq) is FakeQuantizer and m.wq.active]
+    model.eval()  # the evaluation code path: no dropout, eval-time memory selection
+    if cfg.report_loss:
+        info["loss_before"] = evaluate_loss(model, samples, teacher, cfg)
+    grad_state = {id(p): p.requires_grad for p in model.parameters()}
+    opt, params = make_optimizer(model, cfg)
+    for q in quantizers:
+        q.train()  # LSC updates its EMA statistics in training mode
+    gen = torch.Generator().manual_seed(cfg.seed)
+    order: list[int] = []
+    t0 = time.perf_counter()
+    ema = None
+    bar = tqdm(range(cfg.steps), desc=desc, file=sys.stderr, mininterval=5, disable=cfg.steps == 0)
+    for step in bar:
+        for g in opt.param_groups if opt else ():
+            g["lr"] = g["base_lr"] * lr_factor(step, cfg)
+        if len(order) < cfg.batch_size:
+            order += torch.randperm(len(samples), generator=gen).tolist()
+        batch, order = order[: cfg.batch_size], order[cfg.batch_size :]
+        step_loss = train_step(model, [(samples[i], teacher[i]) for i in batch], cfg, opt, params, regularizer,
+                               quantizers)
+        for m in plain:  # plain weight quantizers follow the trained weights (min/max ranges)
+            m.calibrate_weight()
+        ema = step_loss if ema is None else 0.9 * ema + 0.1 * step_loss
+        bar.set_postfix(loss=f"{ema:.4f}", refresh=False)
+    info["qat_s"] = time.perf_counter() - t0
+    info["qat_step_s"] = info["qat_s"] / max(1, cfg.steps)
+    for q in quantizers:
+        q.eval()
+    for p in model.parameters():
+        p.requires_grad_(grad_state.get(id(p), True))
+    if cfg.report_loss:
+        info["loss_after"] = evaluate_loss(model, samples, teacher, cfg)
+    info.update(_peak_memory(device))
+    return info
+
+
+def quantize_and_train(
+    model: nn.Module,
+    calib: CalibData | None,
+    cfg: QATConfig,
+    prepare: Callable[[nn.Module], None],
+    regularizer: Callable[[nn.Module], torch.Tensor] | None = None,
+    desc: str = "qat",
+) -> dict:
+    """The whole QAT recipe of a method: cache the FP teacher's outputs (only when training),
+    `prepare(model)` (wrap, initialize quantizers, calibrate), train, then replace learned
+    quantizers by plain ones (`freeze_quantizers`). Returns the info for the record."""
+    info: dict = {}
+    samples, teacher = None, None
+    if cfg.steps > 0:
+        t = time.perf_counter()
+        samples = build_samples(calib, model.image_size, cfg.clip_frames)
+        teacher = teacher_outputs(model, samples)
+        info["teacher_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    prepare(model)
+    info["prepare_s"] = time.perf_counter() - t
+    if samples is not None:
+        reg = (lambda: regularizer(model)) if regularizer is not None else None
+        info.update(train(model, samples, teacher, cfg, reg, desc))
+    info["frozen_quantizers"] = freeze_quantizers(model)
+    return info

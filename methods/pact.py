@@ -1,0 +1,82 @@
+"""`pact`: PACT, Parameterized Clipping Activation (Choi et al., 2018), as quantization-aware
+training of the whole model (bench.qat).
+
+Activations (layer inputs and, with `quant_attention`, attention q/k/v and probabilities):
+a `PACTQuantizer` per tensor (bench.quant.learned) with a learned clipping level alpha,
+y = clip(x, 0, alpha) quantized uniformly on [0, alpha]; d y_q / d alpha = 1 where x >= alpha,
+else 0 (the rounding is straight-through); the loss gets `alpha_l2` * sum(alpha^2) over all
+clipping levels (the paper's L2 regularization of alpha).
+
+Choices where the paper does not fit SAM2 (documented here and in the quantizer):
+  - signed tensors (calibration minimum < 0: LayerNorm outputs, GELU, attention inputs) use
+    the symmetric clip [-alpha, alpha] with the narrow symmetric levels
+    [-(2^(b-1) - 1), 2^(b-1) - 1]; d y_q / d alpha = -1 where x <= -alpha;
+  - alpha starts at max|x| over the calibration data (the RTN range) unless `alpha_init` is
+    given (the paper's alpha = 10 assumes post-ReLU activations of another scale);
+  - weights: the paper pairs PACT with DoReFa weights, whose tanh normalization to [-1, 1]
+    relies on a batch norm after every layer; SAM2 has none, so weights are quantized per
+    output channel with min/max ranges (RTN, asymmetric, the harness default), recomputed from
+    the current weights at every forward pass and straight-through for the weight gradient
+    (`RTNWeightQuantizer`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from bench import BenchError
+from bench.calib import CalibData
+from bench.method import Method
+from bench.qat import QATConfig, quantize_and_train
+from bench.quant import wrap
+from bench.quant.calibrate import calibrate_activations
+from bench.quant.fake import FakeQuantizer
+from bench.quant.learned import PACTQuantizer, RTNWeightQuantizer, learned_quantizers, replace_quantizers
+
+
+@dataclass(frozen=True)
+class PACTConfig(QATConfig):
+    alpha_l2: float = 2e-4  # L2 coefficient on the clipping levels (the paper's lambda_alpha)
+    alpha_init: float | None = None  # None: max|x| over the calibration data
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.alpha_l2, bool) or not isinstance(self.alpha_l2, (int, float)) or self.alpha_l2 < 0:
+            raise BenchError(f"alpha_l2: expected a number >= 0, got {self.alpha_l2!r}")
+        a = self.alpha_init
+        if a is not None and (isinstance(a, bool) or not isinstance(a, (int, float)) or a <= 0):
+            raise BenchError(f"alpha_init: expected a positive number or null, got {a!r}")
+
+
+def alpha_penalty(model: nn.Module, coefficient: float) -> torch.Tensor:
+    alphas = [q.alpha for q in learned_quantizers(model).values() if isinstance(q, PACTQuantizer)]
+    return coefficient * torch.stack([a.square() for a in alphas]).sum()
+
+
+class PACT(Method):
+    name = "pact"
+    Config = PACTConfig
+
+    def needs_data(self) -> bool:
+        return True
+
+    def _quantizer(self, name: str, old: FakeQuantizer, kind: str) -> FakeQuantizer:
+        if kind == "weight":
+            return RTNWeightQuantizer(old.spec)
+        return PACTQuantizer(old.spec, alpha_init=self.config.alpha_init)
+
+    def prepare(self, model: nn.Module, calib: CalibData | None) -> None:
+        wrap(model, self.config.plan())
+        replace_quantizers(model, self._quantizer)  # weight ranges from the weights
+        calibrate_activations(model, calib)
+
+    def apply(self, model: nn.Module, calib: CalibData | None) -> nn.Module:
+        reg = None
+        if self.config.a_bits is not None and self.config.alpha_l2 > 0:
+            reg = lambda m: alpha_penalty(m, self.config.alpha_l2)  # noqa: E731
+        self.info.update(quantize_and_train(model, calib, self.config, lambda m: self.prepare(m, calib), reg,
+                                            desc="pact"))
+        return model

@@ -1,0 +1,372 @@
+"""`saqsam`: SAQ-SAM (arXiv 2503.06515), as its official code does it, on SAM2.
+
+The official code is a fork of PTQ4SAM; this method inherits PTQ4SAM's BIG and AGQ
+(methods/ptq4sam.py). Switches `pcc`, `recon`, `par`:
+
+- PCC, Perceptual-Consistency Clipping: for every mask-decoder attention, the ranges of its
+  q_proj and k_proj inputs and of its q and k (the projections' outputs) are chosen, one
+  after the other and in `pcc_rounds` = 2 passes over the first calibration image, among
+  [quantile(1 - p), quantile(p)] of the tensor for the 29 p of `PCC_PERCENTILES`, by the
+  overlap of the attention's focus masks M_A = 1{A > theta * max_row(A)} (theta 0.5) with
+  the full-precision model's: minimize 1 - |M ∩ M_hat| / |M ∪ M_hat| (per batch and head,
+  averaged). The search runs inside the forward pass (a pre-hook per attention, as the
+  official code), so each attention sees its inputs with the ranges already chosen upstream;
+  the reference maps come from a full-precision pass. These four quantizers are then left
+  out of the statistics pass.
+- PAR, Prompt-Aware Reconstruction (with `recon`): the image encoder is reconstructed stage
+  by stage, a stage being the Hiera blocks up to and including a global-attention block
+  (the blocks after the last one form the last stage). The loss is |keys_hat - keys|^2
+  (summed over channels, averaged), keys being the image-token output of the FP two-way
+  transformer with the image's box prompts (<= 16 per calibration image), fed the stage's
+  quantized output continued through the FP rest of the trunk, the FP neck and the FP
+  `no_mem_embed` (SAM2's trunk is hierarchical: a stage's output reaches the decoder only
+  through the later stages), against the same with the FP stage. Mask-decoder layers
+  (`transformer.layers.i`) use beta * (0.01 |q_hat - q|^2 + |k_hat - k|^2) + alpha * PAR,
+  PAR comparing the quantized decoder's token outputs with the FP decoder's on the
+  quantized image embedding, alpha = beta = 1. `final_attn_token_to_image` gets plain block
+  reconstruction with `final_iters_scale` (5) times the iterations (the official 10,000);
+  other quantized layers (neck, conv_s0/s1, the object-score head) plain block
+  reconstruction. 2,000 iterations per unit; step sizes Adam lr 2e-3 cosine, rounding lr
+  1e-3; activations observed with the averaged Lp (p 2.4) observer; the AdaRound rounding
+  regularizer off (`round_reg: 0`, as the official loss never adds it).
+- `recon` without `par`: the baseline, PTQ4SAM-style block reconstruction with these
+  settings. `recon: false, par: false`: SAQ-SAM* (PCC only, statistics).
+
+Choices where the code is silent on SAM2 (config fields): the PAR path through the later FP
+stages (above); levels of the FPN before the stage are zeros (the FPN's top-down path never
+carries them to the image embedding); memory modules are not reconstructed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from bench.calib import CalibData, CalibImage
+from bench.quant import quant_attentions
+from bench.quant.fake import FakeQuantizer
+from bench.recon import Call, ReconSettings, Stop, capture, detach, lp_loss, run_image_path, train
+from methods.ptq4sam import PTQ4SAM, PTQ4SAMConfig, block_units, check, is_number, reconstruct_block
+
+PCC_PERCENTILES = (
+    0.85, 0.87, 0.88, 0.89, 0.90, 0.91, 0.92, 0.93, 0.94, 0.95, 0.960, 0.965, 0.970, 0.975, 0.980,
+    0.983, 0.985, 0.987, 0.989, 0.99, 0.993, 0.995, 0.997, 0.999, 0.9993, 0.9995, 0.9997, 0.9999, 0.99999,
+)
+TRUNK = "image_encoder.trunk.blocks."
+LAYER = re.compile(r"(sam_mask_decoder\.transformer\.layers\.\d+)(\.|$)")
+FINAL = "sam_mask_decoder.transformer.final_attn_token_to_image"
+
+
+@dataclass(frozen=True)
+class SAQSAMConfig(PTQ4SAMConfig):
+    pcc: bool = True
+    recon: bool = True
+    par: bool = True
+    act_observer: str = "avg_mse"
+    iters: int = 2000
+    a_lr: float = 2e-3
+    round_reg: float = 0.0
+    pcc_theta: float = 0.5
+    pcc_rounds: int = 2
+    pcc_percentiles: tuple[float, ...] = PCC_PERCENTILES
+    par_alpha: float = 1.0
+    par_beta: float = 1.0
+    final_iters_scale: float = 5.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pcc_percentiles", tuple(self.pcc_percentiles))
+        super().__post_init__()
+        for f in ("pcc", "par"):
+            check(isinstance(getattr(self, f), bool), f, f"expected true or false, got {getattr(self, f)!r}")
+        check(self.recon or not self.par, "par", "prompt-aware reconstruction needs recon: true")
+        check(is_number(self.pcc_theta) and 0 < self.pcc_theta <= 1, "pcc_theta", "expected a number in (0, 1]")
+        check(isinstance(self.pcc_rounds, int) and self.pcc_rounds >= 1, "pcc_rounds", "expected an integer >= 1")
+        check(bool(self.pcc_percentiles) and all(is_number(p) and 0.5 < p <= 1 for p in self.pcc_percentiles),
+              "pcc_percentiles", "expected a non-empty list of numbers in (0.5, 1]")
+        for f in ("par_alpha", "par_beta", "final_iters_scale"):
+            check(is_number(getattr(self, f)) and getattr(self, f) >= 0, f, "expected a number >= 0")
+
+    def recon_settings(self) -> ReconSettings:
+        import dataclasses
+
+        return dataclasses.replace(super().recon_settings(), loss_dim=-1)
+
+
+# -- PCC ---------------------------------------------------------------------------------------
+def focus_mask(a: torch.Tensor, theta: float) -> torch.Tensor:
+    return a > theta * a.amax(dim=-1, keepdim=True)
+
+
+def attention_iou(a: torch.Tensor, b: torch.Tensor, theta: float = 0.5) -> float:
+    """Mean over (batch, head) of the IoU of the two attentions' focus masks."""
+    ma, mb = focus_mask(a.float(), theta), focus_mask(b.float(), theta)
+    inter = (ma & mb).flatten(-2).sum(-1).float()
+    union = (ma | mb).flatten(-2).sum(-1).float()
+    return float((inter / (union + 1e-6)).mean())
+
+
+def quantiles(x: torch.Tensor, ps: torch.Tensor) -> torch.Tensor:
+    """Linear-interpolated quantiles (torch.quantile's rule, without its size limit)."""
+    v = x.detach().float().flatten().sort().values
+    pos = ps.to(v.device).float() * (v.numel() - 1)
+    lo = pos.floor().long()
+    hi = pos.ceil().long()
+    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
+
+
+def pcc_search(
+    x: torch.Tensor, attention_at: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], reference: torch.Tensor,
+    theta: float = 0.5, percentiles: tuple[float, ...] = PCC_PERCENTILES,
+) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    """The clipping range [quantile(1-p), quantile(p)] of x whose attention (`attention_at(lo, hi)`)
+    best overlaps the reference: (lo, hi, p, IoU)."""
+    ps = torch.tensor(percentiles, dtype=torch.float64)
+    his, los = quantiles(x, ps), quantiles(x, 1 - ps)
+    best = None
+    for p, lo, hi in zip(percentiles, los, his):
+        iou = attention_iou(attention_at(lo, hi), reference, theta)
+        if best is None or 1 - iou < 1 - best[3]:
+            best = (lo, hi, p, iou)
+    return best
+
+
+def attention_probs(attn: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
+    """Post-softmax probabilities (before their quantizer) of one call of a quantized attention."""
+    attn.keep_probs = True
+    try:
+        with torch.no_grad():
+            attn(*args, **kwargs)
+        return attn.last_probs
+    finally:
+        attn.keep_probs, attn.last_probs = False, None
+
+
+def quantizer_input(attn: nn.Module, q: FakeQuantizer, args: tuple, kwargs: dict) -> torch.Tensor:
+    """What `q` sees in one call of `attn`, with `q` itself switched off."""
+    seen = []
+    h = q.register_forward_pre_hook(lambda _m, a: seen.append(a[0].detach().clone()))
+    q.enabled = False
+    try:
+        with torch.no_grad():
+            attn(*args, **kwargs)
+    finally:
+        q.enabled = True
+        h.remove()
+    return seen[0]
+
+
+def pcc_slots(attn: nn.Module) -> list[tuple[str, FakeQuantizer]]:
+    slots = [("q_proj.aq", getattr(attn.q_proj, "aq", None)), ("k_proj.aq", getattr(attn.k_proj, "aq", None)),
+             ("q_quant", attn.q_quant), ("k_quant", attn.k_quant)]
+    return [(n, q) for n, q in slots if q is not None and q.spec is not None]
+
+
+def pcc_calibrate(model: nn.Module, image: CalibImage, cfg: SAQSAMConfig) -> tuple[set[int], dict[str, float]]:
+    """PCC on every mask-decoder attention (see the module docstring); returns the ids of the
+    quantizers it set and the chosen percentile per quantizer."""
+    targets = {n: m for n, m in quant_attentions(model).items() if n.startswith("sam_mask_decoder.")}
+    refs: dict[str, torch.Tensor] = {}
+    chosen: dict[str, float] = {}
+    busy = set()
+
+    def reference(m, args, kwargs, n):
+        if n not in busy and n not in refs:
+            busy.add(n)
+            refs[n] = attention_probs(m, args, kwargs)
+            busy.discard(n)
+
+    def search(m, args, kwargs, n):
+        if n in busy:
+            return
+        busy.add(n)
+        for slot, q in pcc_slots(m):
+            x = quantizer_input(m, q, args, kwargs)
+
+            def attention_at(lo, hi, q=q):
+                q.set_range(lo, hi)
+                return attention_probs(m, args, kwargs)
+
+            lo, hi, p, _ = pcc_search(x, attention_at, refs[n], cfg.pcc_theta, cfg.pcc_percentiles)
+            q.set_range(lo, hi)
+            chosen[f"{n}.{slot}"] = p
+        busy.discard(n)
+
+    for hook in [reference] + [search] * cfg.pcc_rounds:
+        handles = [m.register_forward_pre_hook(lambda m, a, kw, n=n, f=hook: f(m, a, kw, n), with_kwargs=True)
+                   for n, m in targets.items()]
+        try:
+            run_image_path(model, [image])
+        finally:
+            for h in handles:
+                h.remove()
+    return {id(q) for m in targets.values() for _, q in pcc_slots(m)}, chosen
+
+
+# -- PAR ---------------------------------------------------------------------------------------
+def trunk_stages(trunk: nn.Module) -> list[range]:
+    """Hiera blocks up to and including each global-attention block; the rest last."""
+    stages, start = [], 0
+    for i, blk in enumerate(trunk.blocks):
+        if blk.window_size == 0:
+            stages.append(range(start, i + 1))
+            start = i + 1
+    if start < len(trunk.blocks):
+        stages.append(range(start, len(trunk.blocks)))
+    return stages
+
+
+def transformer_out(decoder: nn.Module, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(token outputs, image-token outputs) of the decoder's two-way transformer."""
+    box = []
+
+    def grab(_m, _a, out):
+        box.append(out)
+        raise Stop
+
+    h = decoder.transformer.register_forward_hook(grab)
+    try:
+        decoder(**kwargs)
+    except Stop:
+        pass
+    finally:
+        h.remove()
+    return box[0]
+
+
+class PARContext:
+    """Per-image data of the prompt-aware losses: the FP decoder's inputs (prompt embeddings,
+    image PE) and the FP transformer's outputs, and the FP trunk's level shapes."""
+
+    def __init__(self, fp_model: nn.Module, images: list[CalibImage]) -> None:
+        self.fp = fp_model
+        self.kwargs: list[dict] = []
+        self.targets: list[tuple[torch.Tensor, torch.Tensor]] = []
+        dec = fp_model.sam_mask_decoder
+        hooks = [
+            dec.register_forward_pre_hook(lambda _m, _a, kw: self.kwargs.append(detach(kw)), with_kwargs=True),
+            dec.transformer.register_forward_hook(lambda _m, _a, out: self.targets.append(detach(out))),
+            fp_model.image_encoder.trunk.register_forward_hook(
+                lambda _m, _a, out: setattr(self, "levels", [o.shape for o in out])),
+        ]
+        try:
+            run_image_path(fp_model, images)
+        finally:
+            for h in hooks:
+                h.remove()
+
+    def stage_keys(self, q_trunk: nn.Module, stage: range, x: torch.Tensor, i: int) -> torch.Tensor:
+        """Image-token outputs of the FP transformer for stage output x continued in FP."""
+        trunk, enc = self.fp.image_encoder.trunk, self.fp.image_encoder
+        ends = [e for e in trunk.stage_ends if e == trunk.stage_ends[-1] or trunk.return_interm_layers]
+        levels = {}
+        for b in range(stage.start, len(trunk.blocks)):
+            x = (q_trunk if b in stage else trunk).blocks[b](x)
+            if b in ends:
+                levels[b] = x.permute(0, 3, 1, 2)
+        feats = [levels[e] if e in levels else x.new_zeros(s) for e, s in zip(ends, self.levels)]
+        features, _ = enc.neck(feats)
+        if enc.scalp > 0:
+            features = features[: -enc.scalp]
+        emb = features[-1]
+        if self.fp.directly_add_no_mem_embed:
+            emb = emb + self.fp.no_mem_embed.reshape(1, -1, 1, 1)
+        return transformer_out(self.fp.sam_mask_decoder, {**self.kwargs[i], "image_embeddings": emb})[1]
+
+
+def saq_units(model: nn.Module, cfg: SAQSAMConfig) -> list[tuple[str, str | range]]:
+    """(kind, unit) in model order: ("stage", blocks), ("layer", name), ("final", name), ("block", name)."""
+    units: list[tuple[str, str | range]] = []
+    stages = trunk_stages(model.image_encoder.trunk)
+    for name in block_units(model, cfg.recon_components):
+        if not cfg.par:
+            units.append(("block", name))
+        elif name.startswith(TRUNK):
+            stage = next(s for s in stages if int(name[len(TRUNK):].split(".")[0]) in s)
+            if ("stage", stage) not in units:
+                units.append(("stage", stage))
+        elif LAYER.match(name):
+            layer = LAYER.match(name).group(1)
+            if ("layer", layer) not in units:
+                units.append(("layer", layer))
+        else:
+            units.append(("final" if name == FINAL else "block", name))
+    return units
+
+
+class SAQSAM(PTQ4SAM):
+    name = "saqsam"
+    Config = SAQSAMConfig
+
+    @property
+    def variant(self) -> str:
+        c = self.config
+        parts = (["PCC"] if c.pcc else []) + ([("PAR" if c.par else "recon")] if c.recon else [])
+        label = "+".join(parts) or "stats"
+        label += "" if c.big else "-noBIG"
+        label += "" if c.agq else "-noAGQ"
+        return label + ("+evalbug" if c.eval_dropout_bug else "")
+
+    def before_calibration(self, model: nn.Module, calib: CalibData | None) -> set[int]:
+        if not self.config.pcc or self.config.a_bits is None:
+            return set()
+        fixed, chosen = pcc_calibrate(model, self.images(calib)[0], self.config)
+        self.info["pcc_percentile"] = chosen
+        return fixed
+
+    def reconstruct(self, model: nn.Module, fp_model: nn.Module, images: list[CalibImage]) -> dict:
+        cfg, s = self.config, self.config.recon_settings()
+        par = PARContext(fp_model, images) if cfg.par else None
+        losses = {}
+        for kind, unit in saq_units(model, cfg):
+            if kind == "stage":
+                key = f"{TRUNK}{unit.start}-{unit.stop - 1}"
+                losses[key] = reconstruct_stage(model, fp_model, unit, images, s, par)
+            elif kind == "layer":
+                losses[unit] = reconstruct_layer(model, fp_model, unit, images, s, par, cfg.par_alpha, cfg.par_beta)
+            else:
+                scale = cfg.final_iters_scale if kind == "final" else 1.0
+                losses[unit] = reconstruct_block(model, fp_model, unit, images, s, round(s.iters * scale))
+        return {"units": len(losses), "last_loss": losses}
+
+
+def reconstruct_stage(model: nn.Module, fp_model: nn.Module, stage: range, images: list[CalibImage],
+                      s: ReconSettings, par: PARContext) -> float | None:
+    """PAR on one encoder stage: the loss is on the FP transformer's image tokens only."""
+    q_trunk, fp_trunk = model.image_encoder.trunk, fp_model.image_encoder.trunk
+    q_calls = capture(model, q_trunk.blocks[stage.start], images)
+    fp_calls = capture(fp_model, fp_trunk.blocks[stage.start], images)
+    unit = nn.ModuleList([q_trunk.blocks[b] for b in stage])
+
+    def forward(call: Call, i: int) -> torch.Tensor:
+        return par.stage_keys(q_trunk, stage, call.args[0], i)
+
+    def loss(keys: torch.Tensor, i: int) -> torch.Tensor:
+        return lp_loss(keys, par.targets[i][1], 2.0, dim=-1)
+
+    return train(unit, q_calls, fp_calls, s, loss, forward).get("last_loss")
+
+
+def reconstruct_layer(model: nn.Module, fp_model: nn.Module, name: str, images: list[CalibImage],
+                      s: ReconSettings, par: PARContext, alpha: float, beta: float) -> float | None:
+    """A two-way transformer layer: beta * (0.01 |q_hat - q|^2 + |k_hat - k|^2) + alpha * PAR."""
+    unit = model.get_submodule(name)
+    q_calls = capture(model, unit, images)
+    fp_calls = capture(fp_model, fp_model.get_submodule(name), images, outputs=True)
+    q_dec = capture(model, model.sam_mask_decoder, images)  # the quantized image embeddings
+    with torch.no_grad():
+        hs_fp = [transformer_out(fp_model.sam_mask_decoder, c.kwargs)[0] for c in q_dec]
+
+    def loss(out: tuple, i: int) -> torch.Tensor:
+        fp_q, fp_k = fp_calls[i].out
+        rec = 0.01 * lp_loss(out[0], fp_q, s.p, -1) + lp_loss(out[1], fp_k, s.p, -1)
+        if alpha == 0:
+            return beta * rec
+        hs = transformer_out(model.sam_mask_decoder, q_dec[i].kwargs)[0]
+        return beta * rec + alpha * lp_loss(hs, hs_fp[i], 2.0, -1)
+
+    return train(unit, q_calls, fp_calls, s, loss).get("last_loss")
+
