@@ -55,9 +55,11 @@ data=/var/spool/bench-slurm-mysql
 mkdir -p $data /run/mysqld
 [ -d $data/mysql ] || "$DB/usr/bin/mariadb-install-db" --no-defaults --basedir="$DB/usr" --datadir=$data \
     --user=root --auth-root-authentication-method=normal --skip-test-db >$LOG/mariadb-install.log 2>&1
-running /run/mysqld/mysqld.pid || setsid "$DB/usr/sbin/mariadbd" --no-defaults --basedir="$DB/usr" --datadir=$data --user=root \
-    --socket=/run/mysqld/mysqld.sock --pid-file=/run/mysqld/mysqld.pid --bind-address=127.0.0.1 \
-    --port=3306 --log-error=$LOG/mariadb.log --innodb-buffer-pool-size=128M </dev/null >/dev/null 2>&1 &
+if ! running /run/mysqld/mysqld.pid; then  # (not `a || b &`: that subshell would hold stdout)
+  setsid "$DB/usr/sbin/mariadbd" --no-defaults --basedir="$DB/usr" --datadir=$data --user=root \
+      --socket=/run/mysqld/mysqld.sock --pid-file=/run/mysqld/mysqld.pid --bind-address=127.0.0.1 \
+      --port=3306 --log-error=$LOG/mariadb.log --innodb-buffer-pool-size=128M </dev/null >/dev/null 2>&1 &
+fi
 sql() { "$DB/usr/bin/mariadb" --no-defaults -S /run/mysqld/mysqld.sock -uroot -e "$1"; }
 until_ok mariadbd 60 sql 'select 1'
 sql "CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY 'bench';
