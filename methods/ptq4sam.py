@@ -46,11 +46,11 @@ import torch
 from torch import nn
 
 from bench import BenchError
-from bench.calib import CalibData, CalibImage, run_calibration
+from bench.calib import CalibData, CalibImage
 from bench.method import Method, QuantConfig
 from bench.quant import quant_attentions, quant_layers, wrap
 from bench.quant.attention import QuantAttentionMixin
-from bench.quant.calibrate import activation_quantizers, calibrate_weights
+from bench.quant.calibrate import calibrate_activations, calibrate_weights
 from bench.quant.fake import FakeQuantizer
 from bench.quant.log2 import Log2Quantizer
 from bench.quant.modules import QuantLayer
@@ -228,31 +228,6 @@ def install_quantizers(model: nn.Module, cfg: PTQ4SAMConfig) -> None:
                 attn.p_quant = PTQQuantizer(spec, cfg.act_observer, search)
 
 
-def calibrate_observed(model: nn.Module, calib: CalibData, fixed: set[int] = frozenset()) -> int:
-    """Observe every activation quantizer not in `fixed` (ids) over the calibration data with
-    everything else as it is, then set their ranges."""
-    qs = {n: q for n, q in activation_quantizers(model) if id(q) not in fixed}
-    if not qs:
-        return 0
-    for q in qs.values():
-        q.observing = True
-    try:
-        run_calibration(model, calib)
-    finally:
-        for q in qs.values():
-            q.observing = False
-    unseen = [n for n, q in qs.items() if q.min_val.numel() == 0]
-    if unseen:
-        comps = sorted({component_of(n) for n in unseen})
-        raise BenchError(
-            f"calibration data never reached {len(unseen)} activation quantizers (components "
-            f"{', '.join(comps)}; first {unseen[0]}): video clips are needed for memory modules"
-        )
-    for q in qs.values():
-        q.calibrate_from_observed()
-    return len(qs)
-
-
 def block_units(model: nn.Module, components: tuple[str, ...]) -> list[str]:
     """Reconstruction units in model order (see the module docstring)."""
     from sam2.modeling.sam2_utils import MLP
@@ -299,7 +274,7 @@ class PTQ4SAM(Method):
             self.info["big_bimodal"] = bimodal_integration(model, self.images(calib)[0], cfg)
         fixed = self.before_calibration(model, calib)
         if cfg.a_bits is not None:
-            self.info["act_quantizers"] = calibrate_observed(model, calib, fixed)
+            self.info["act_quantizers"] = calibrate_activations(model, calib, frozenset(fixed))
         self.info["weight_quantizers"] = (
             calibrate_weights_lp(model, cfg.search()) if cfg.w_observer == "mse" else calibrate_weights(model))
         taus = [q.tau for q in model.modules() if isinstance(q, Log2Quantizer) and q.active]

@@ -31,10 +31,11 @@ def calibrate_weights(model: nn.Module) -> int:
     return len(layers)
 
 
-def calibrate_activations(model: nn.Module, calib: CalibData | None) -> int:
-    """Observe min/max of every activation quantizer over the calibration data, then set ranges.
-    A quantizer that the data never reached is an error naming its component."""
-    quantizers = dict(activation_quantizers(model))
+def calibrate_activations(model: nn.Module, calib: CalibData | None, skip: frozenset[int] = frozenset()) -> int:
+    """Observe every activation quantizer (but those whose id is in `skip`) over the calibration
+    data with its observer, then set ranges. A quantizer that the data never reached is an error
+    naming its component."""
+    quantizers = {n: q for n, q in activation_quantizers(model) if id(q) not in skip}
     if not quantizers:
         return 0
     if calib is None or len(calib) == 0:
