@@ -378,14 +378,8 @@ class _FixedFunction(torch.autograd.Function):
         return torch.addcmul(grad, grad, out, value=-1.0), None, None, None, None
 
 
-class FixedQuantizer(LearnedQuantizer):
-    """RTN activations during QAT (no learned parameter): min/max range from calibration, as
-    `FakeQuantizer`, with the same straight-through gradient computed by `_FixedFunction`."""
-
-    kind = "fixed"
-
-    def calibrate_from_observed(self) -> None:
-        FakeQuantizer.calibrate_from_observed(self)
+class _PlainRange(LearnedQuantizer):
+    """A QAT quantizer with no learned parameter: a plain scale and zero point, kept on freeze."""
 
     def effective_scale(self) -> torch.Tensor:
         return self.scale
@@ -396,6 +390,16 @@ class FixedQuantizer(LearnedQuantizer):
         q.enabled = self.enabled
         return q
 
+
+class FixedQuantizer(_PlainRange):
+    """RTN activations during QAT (no learned parameter): min/max range from calibration, as
+    `FakeQuantizer`, with the same straight-through gradient computed by `_FixedFunction`."""
+
+    kind = "fixed"
+
+    def calibrate_from_observed(self) -> None:
+        FakeQuantizer.calibrate_from_observed(self)
+
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.is_grad_enabled() or self.spec.granularity == "group":
             return FakeQuantizer.quantize(self, x)
@@ -403,7 +407,7 @@ class FixedQuantizer(LearnedQuantizer):
         return _FixedFunction.apply(xf, self.scale, self.zero_point, self.spec.qmin, self.spec.qmax).to(x.dtype)
 
 
-class RTNWeightQuantizer(LearnedQuantizer):
+class RTNWeightQuantizer(_PlainRange):
     """Round-to-nearest weights during QAT (no learned parameter): the min/max range of the
     current weight (the plan's spec: per output channel, asymmetric by default) is recomputed
     at every forward pass, and the weight gradient is straight-through (the range covers every
@@ -414,15 +418,6 @@ class RTNWeightQuantizer(LearnedQuantizer):
 
     def init_weight(self, w: torch.Tensor) -> None:
         self.set_range(*self._reduce(w))
-
-    def effective_scale(self) -> torch.Tensor:
-        return self.scale
-
-    def freeze(self) -> FakeQuantizer:
-        q = FakeQuantizer(self.spec)
-        q.scale, q.zero_point = self.scale.detach().clone(), self.zero_point.detach().clone()
-        q.enabled = self.enabled
-        return q
 
     def quantize(self, w: torch.Tensor) -> torch.Tensor:
         """The weight's own range, then w + (Q(w) - w) with the difference a constant; the
