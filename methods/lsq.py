@@ -13,9 +13,11 @@ Where the paper is silent or does not fit SAM2 (each a config field or documente
   - activations: per tensor, zero point 0, unsigned [0, 2^b - 1] when the calibration minimum
     is >= 0 (the paper's post-ReLU case; here softmax probabilities and ReLU outputs), else
     signed; N = the elements of the tensor in the forward call; init from the calibration
-    data's mean |x| (`init="minmax"` starts from the RTN range instead: the paper's init, made
-    for post-ReLU features, clips softmax probabilities (mean 1/N) to a few times their mean,
-    which on the micro model at W4A4 takes VOS J&F from 75 (RTN) to 30 before training);
+    data's mean |x| (`init="minmax"` starts every quantizer from the RTN range instead);
+  - attention probabilities (the paper has no softmax quantizer): `prob_init`, default
+    "minmax". The paper's init, made for post-ReLU features, clips softmax probabilities
+    (mean 1/N) to a few times their mean, which on the micro model at W4A4 takes VOS J&F from
+    75 (RTN) to 30 before training; `prob_init: lsq` applies it there too;
   - the paper trains from a full-precision model with SGD for many epochs; here AdamW on the
     calibration data against the FP model's outputs, with the shared budget (bench.qat).
 """
@@ -42,12 +44,14 @@ GRANULARITIES = ("channel", "tensor")
 @dataclass(frozen=True)
 class LSQConfig(QATConfig):
     init: str = "lsq"  # step-size init: the paper's 2 mean|v| / sqrt(Q_P), or max|v| / Q_P
+    prob_init: str = "minmax"  # the same choice for attention probabilities (see the docstring)
     weight_granularity: str = "channel"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.init not in INITS:
-            raise BenchError(f"init: expected one of {', '.join(INITS)}, got {self.init!r}")
+        for f in ("init", "prob_init"):
+            if getattr(self, f) not in INITS:
+                raise BenchError(f"{f}: expected one of {', '.join(INITS)}, got {getattr(self, f)!r}")
         if self.weight_granularity not in GRANULARITIES:
             raise BenchError(f"weight_granularity: expected one of {', '.join(GRANULARITIES)}, "
                              f"got {self.weight_granularity!r}")
@@ -64,7 +68,8 @@ class LSQ(Method):
         spec = old.spec
         if kind == "weight":
             spec = replace(spec, granularity=self.config.weight_granularity)
-        return LSQQuantizer(spec, init=self.config.init)
+        probs = name.endswith(".p_quant")
+        return LSQQuantizer(spec, init=self.config.prob_init if probs else self.config.init)
 
     def prepare(self, model: nn.Module, calib: CalibData | None) -> None:
         wrap(model, self.config.plan())

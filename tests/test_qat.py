@@ -314,6 +314,26 @@ def test_qat_loop_is_deterministic_and_reduces_the_distillation_loss(present_fp,
         after["total"], rel=1e-4)
 
 
+@pytest.mark.parametrize("prob_init", ["minmax", "lsq"])
+def test_lsq_init_of_attention_probabilities(present_fp, calib, prob_init):
+    """`init` sets the step of layer inputs from the paper's 2 mean|x| / sqrt(Q_P); attention
+    probabilities follow `prob_init` (default: max|x| / Q_P, the RTN range)."""
+    from bench.quant.scope import quant_attentions
+
+    model = copy.deepcopy(present_fp)
+    method = make("lsq", w_bits=4, a_bits=4, prob_init=prob_init)
+    method.prepare(model, calib)
+    probs = [a.p_quant for a in quant_attentions(model).values()]
+    inputs = [layer.aq for layer in quant_layers(model).values()]
+    assert probs and inputs
+    for q in probs + inputs:
+        mean_abs, _, amax = q.observed()
+        rule = "lsq" if q in inputs or prob_init == "lsq" else "minmax"
+        want = 2 * mean_abs / math.sqrt(q.q_p) if rule == "lsq" else amax / q.q_p
+        assert q.scale.item() == pytest.approx(want, rel=1e-5)
+    assert all(q.spec.qmin == 0 for q in probs)  # probabilities are unsigned
+
+
 @pytest.mark.parametrize("name, options", [("pact", {}), ("qsam2", {}), ("qsam2", {"vrc": False})])
 def test_other_qat_methods_train(present_fp, calib, name, options):
     model = copy.deepcopy(present_fp)
@@ -335,6 +355,7 @@ def test_config_errors_are_one_line_and_name_the_field():
     cases = [
         ("lsq", {"steps": -1}, "steps"), ("lsq", {"batch_size": 0}, "batch_size"), ("lsq", {"lr": -1e-3}, "lr"),
         ("lsq", {"schedule": "linear"}, "schedule"), ("lsq", {"init": "zero"}, "init"),
+        ("lsq", {"prob_init": "max"}, "prob_init"),
         ("lsq", {"warmup_frac": 1.0}, "warmup_frac"), ("pact", {"alpha_l2": -1}, "alpha_l2"),
         ("qsam2", {"vrc_bias": "drop"}, "vrc_bias"), ("qsam2", {"lsc_momentum": 1.5}, "lsc_momentum"),
         ("qsam2", {"vrc": "yes"}, "vrc"),
