@@ -14,8 +14,13 @@
 Choices where the official code differs in mechanics, not in the objective (config fields of
 the methods): `avg_mse` evaluates the same grid as the weight search on a histogram of the
 call's tensor (`hist_bins` bins, bin centres weighted by counts) instead of a golden-section
-search on the raw tensor, so its cost does not grow with the tensor; `zp_steps > 0` evaluates
-that many evenly spaced zero points instead of all 2^b (0 = all, the official grid).
+search on the raw tensor, so its cost does not grow with the tensor; `zp_steps > 0` evaluates,
+for each width r_i, `zp_steps` zero points instead of all 2^b (0 = all, the official grid):
+those of windows [lo, lo + r_i] placed evenly from the low end (lo = min) to the high end
+(lo + r_i = max) of the data range, rounded to integer zero points, so the min/max range
+(r = max - min) is always a candidate and every width gets its best-placed windows. A fixed
+set of evenly spaced zero points would not: at 8 bits a handful of them misses the min/max
+zero point and forces a clipped range.
 
 `PTQQuantizer` adds QDrop (`drop_prob` < 1: each element is quantized with that probability,
 else left in full precision) and a learnable LSQ step size for block reconstruction.
@@ -79,7 +84,7 @@ class LpSearch:
 
 def _grid(x, spec, grid, zp_steps, xmin=None, xmax=None) -> tuple[str, torch.Tensor, torch.Tensor]:
     """("1d", lo, hi) with (grid, rows) ranges, or ("2d", r, zps): the (grid, rows) range widths
-    and the zero points of the 2-D search."""
+    and the zero points of the 2-D search, (2^b,) or (zp_steps, grid, rows)."""
     xmin = x.amin(dim=1) if xmin is None else xmin
     xmax = x.amax(dim=1) if xmax is None else xmax
     steps = torch.arange(1, grid + 1, device=x.device, dtype=torch.float32)[:, None] / grid
@@ -89,17 +94,28 @@ def _grid(x, spec, grid, zp_steps, xmin=None, xmax=None) -> tuple[str, torch.Ten
         lo = torch.zeros_like(t) if one_side == "pos" else -t
         hi = torch.zeros_like(t) if one_side == "neg" else t
         return "1d", lo, hi
-    r = (xmax.clamp(min=0) - xmin.clamp(max=0))[None] * steps
+    full = xmax.clamp(min=0) - xmin.clamp(max=0)
+    r = full[None] * steps
     if zp_steps and zp_steps < spec.qmax - spec.qmin + 1:
-        zps = torch.linspace(spec.qmin, spec.qmax, zp_steps, device=x.device).round().unique()
-    else:
+        # windows of width r from the low end to the high end: z = -lo / s, (zp_steps, widths, rows)
+        t = torch.linspace(0, 1, zp_steps, device=x.device)[:, None, None]
+        lo = xmin.clamp(max=0)[None, None] + t * (full[None] - r)[None]
+        s = (r / (spec.qmax - spec.qmin)).clamp_min(torch.finfo(torch.float32).eps)
+        zps = torch.round(-lo / s[None]).clamp(spec.qmin, spec.qmax)
+    else:  # every integer zero point, (2^b,)
         zps = torch.arange(spec.qmin, spec.qmax + 1, device=x.device, dtype=torch.float32)
     return "2d", r, zps
 
 
+def _zero_points(zps: torch.Tensor, k: int, widths: slice) -> torch.Tensor | float:
+    """The k-th zero point of the grid for a chunk of widths: a number, or (widths, rows, 1)."""
+    return zps[k].item() if zps.dim() == 1 else zps[k, widths, :, None]
+
+
 def _grid_ranges(r: torch.Tensor, zps: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
     """The 2-D grid's ranges, (zero points x widths, rows): [-z r / L, r - z r / L]."""
-    lo = -(zps[:, None, None] * (r / (spec.qmax - spec.qmin))[None])
+    z = zps[:, None, None] if zps.dim() == 1 else zps
+    lo = -(z * (r / (spec.qmax - spec.qmin))[None])
     hi = r[None] + lo
     return lo.reshape(-1, r.shape[1]), hi.reshape(-1, r.shape[1])
 
@@ -134,10 +150,11 @@ def grid_errors(
     x: torch.Tensor, r: torch.Tensor, zps: torch.Tensor, spec: QuantSpec, p: float,
     weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """`lp_errors` of the 2-D grid, (zero points, widths, rows). The ranges of one width share
-    the scale s = r / L, so x / s and its rounding are computed once per width and only the
-    clamp changes with the zero point: clamp(round(x/s) + z) - z = clamp(round(x/s), q_min - z,
-    q_max - z). Chunks of widths small enough to stay in cache."""
+    """`lp_errors` of the 2-D grid, (zero points, widths, rows); `zps` as `_grid` gives them.
+    The ranges of one width share the scale s = r / L, so x / s and its rounding are computed
+    once per width and only the clamp changes with the zero point:
+    clamp(round(x/s) + z) - z = clamp(round(x/s), q_min - z, q_max - z).
+    Chunks of widths small enough to stay in cache."""
     x = x.float()
     scale = (r / (spec.qmax - spec.qmin)).clamp_min(torch.finfo(torch.float32).eps)
     out = x.new_empty(len(zps), *scale.shape)
@@ -147,8 +164,9 @@ def grid_errors(
         t = x[None] / s
         rt = torch.round(t)
         sp = s[..., 0].pow(p)
-        for k, z in enumerate(zps.tolist()):
-            e = (rt.clamp(spec.qmin - z, spec.qmax - z) - t).abs_().pow_(p)
+        for k in range(len(zps)):
+            z = _zero_points(zps, k, slice(i, i + per))
+            e = (torch.clamp(rt, spec.qmin - z, spec.qmax - z) - t).abs_().pow_(p)
             out[k, i : i + per] = _mean(e, weights) * sp
     return out
 
