@@ -125,6 +125,7 @@ def build_model(
     from hydra.utils import instantiate
 
     entry = model_entry(name)
+    quiet_sam2_progress()
     path = None if random_init else checkpoint_path(name, checkpoints)
     state = load_state(path, entry.checkpoint) if path is not None else None
     torch.manual_seed(seed)
@@ -133,6 +134,19 @@ def build_model(
         _check_state(model, state, f"checkpoint {path}: does not match model {name}", entry.checkpoint)
         model.load_state_dict(state)
     return model.to(device or default_device()).eval()
+
+
+def quiet_sam2_progress() -> None:
+    """Turn off sam2's own progress bars (frame loading and propagation, one pair per video):
+    the harness draws one bar per task and per sweep instead."""
+    import functools
+
+    import sam2.sam2_video_predictor as video_predictor
+    import sam2.utils.misc as misc
+    from tqdm import tqdm
+
+    quiet = functools.partial(tqdm, disable=True)
+    video_predictor.tqdm = misc.tqdm = quiet
 
 
 def _check_state(model: nn.Module, state: dict, what: str, expected: str) -> None:
