@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import tempfile
 import time
@@ -180,21 +181,30 @@ def run_jobs(sweep: Sweep, groups: list[list[SweepCell]], kind: str, folder: Pat
         jobs = ex.map_array(run_group, pending, [str(folder)] * n, [sweep.name] * n, [run_id] * n)
         running, pending = list(zip(jobs, pending)), []
         started.update((j.job_id, time.monotonic()) for j in jobs)
-    while pending or running:
-        while pending and len(running) < max_parallel:
-            g = pending.pop(0)
-            running.append((ex.submit(run_group, g, str(folder), sweep.name, run_id), g))
-            started[running[-1][0].job_id] = time.monotonic()
-        for job, g in [r for r in running if r[0].done()]:
-            running.remove((job, g))
-            minutes = (time.monotonic() - started[job.job_id]) / 60
-            timed_out = kind == "local" and minutes >= sweep.executor.timeout_min
-            why = f"timeout: the job ran past {sweep.executor.timeout_min:g} min and was killed; " if timed_out else ""
-            rest = settle(job, g, folder, sweep.name, run_id, why)
-            if rest:
-                pending.append(rest)
-        progress.poll(all_cells, len(running))
-        time.sleep(POLL_S)
+    try:
+        while pending or running:
+            while pending and len(running) < max_parallel:
+                g = pending.pop(0)
+                running.append((ex.submit(run_group, g, str(folder), sweep.name, run_id), g))
+                started[running[-1][0].job_id] = time.monotonic()
+            for job, g in [r for r in running if r[0].done()]:
+                running.remove((job, g))
+                minutes = (time.monotonic() - started[job.job_id]) / 60
+                timed_out = kind == "local" and minutes >= sweep.executor.timeout_min
+                why = (f"timeout: the job ran past {sweep.executor.timeout_min:g} min and was killed; "
+                       if timed_out else "")
+                rest = settle(job, g, folder, sweep.name, run_id, why)
+                if rest:
+                    pending.append(rest)
+            progress.poll(all_cells, len(running))
+            time.sleep(POLL_S)
+    except BaseException:  # Ctrl-C, SIGTERM (see main): the jobs stop with the sweep
+        for job, _ in running:
+            job.cancel(check=False)
+        if running:
+            print(f"\nstopped: cancelled {len(running)} running job(s); their running cells have no record "
+                  "and the next run of the same command does them", file=sys.stderr)
+        raise
     progress.poll(all_cells, 0)
 
 
@@ -286,6 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _exit_on_signal(signum, _frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -309,10 +323,12 @@ def main(argv: list[str] | None = None) -> int:
     max_parallel = args.max_parallel or sweep.executor.max_parallel
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     progress = Progress(len(todo), len(skipped), folder, run_id)
+    on_term = signal.signal(signal.SIGTERM, _exit_on_signal)  # a SIGTERM cancels the jobs too
     try:
         groups = groups_of(todo, max_parallel if kind == "local" else 1)
         run_jobs(sweep, groups, kind, folder, run_id, max_parallel, progress)
     finally:
+        signal.signal(signal.SIGTERM, on_term)
         progress.close()
     print("\n".join(results_table(sweep.cells, folder)))
     statuses = [(read_record(folder, sc.cell_id) or {}).get("status") for sc in todo]

@@ -248,6 +248,45 @@ def test_local_executor_faults_are_recorded_and_reruns_complete(tmp_path, data, 
     assert after["boom"]["run_id"] != by_method["boom"]["run_id"]
 
 
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+def test_stopping_the_sweep_stops_its_local_jobs(tmp_path, data):
+    """SIGTERM to a sweep on the local executor cancels its running job: no worker is left
+    running (and writing records) after the sweep has exited."""
+    import signal
+    import time
+
+    path = small_sweep(tmp_path, data, "[sleepy]", executor="local")
+    env = {**os.environ, "BENCH_PLUGINS": "tests.faulty_methods",
+           "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    results = tmp_path / "results"
+    proc = subprocess.Popen([sys.executable, "-m", "bench.sweep", str(path), "--results", str(results)],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    workers: list[int] = []
+    while not workers and time.monotonic() < deadline:  # a local job id: the pid of submitit's controller
+        time.sleep(0.5)
+        workers = [int(p.name.split("_")[0]) for p in (results / "s" / ".submitit").glob("*/*_log.err")]
+    time.sleep(2)
+    workers += [int(c) for pid in workers for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    assert len(workers) == 4 and all(_alive(pid) for pid in workers)  # 2 controllers and their workers
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "stopped: cancelled 2 running job(s)" in err, err
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not any(_alive(pid) for pid in workers)
+    assert not list((results / "s").glob("*.json"))  # the cancelled cells have no record
+
+
 @pytest.mark.slow
 def test_killing_the_sweep_never_loses_or_truncates_a_record(tmp_path):
     """SIGKILL the sweep process at random moments, 20 times, rerunning it each time: every
