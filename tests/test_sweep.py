@@ -269,14 +269,20 @@ def test_stopping_the_sweep_stops_its_local_jobs(tmp_path, data):
     results = tmp_path / "results"
     proc = subprocess.Popen([sys.executable, "-m", "bench.sweep", str(path), "--results", str(results)],
                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    def children(pid: int) -> list[int]:
+        try:
+            return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        except OSError:
+            return []
+
     deadline = time.monotonic() + 120
     workers: list[int] = []
-    while not workers and time.monotonic() < deadline:  # a local job id: the pid of submitit's controller
+    while len(workers) < 4 and time.monotonic() < deadline:  # 2 jobs: submitit's controllers + workers
         time.sleep(0.5)
-        workers = [int(p.name.split("_")[0]) for p in (results / "s" / ".submitit").glob("*/*_log.err")]
+        controllers = [int(p.name.split("_")[0]) for p in (results / "s" / ".submitit").glob("*/*_log.err")]
+        workers = controllers + [c for pid in controllers for c in children(pid)]  # local job id = controller pid
+    assert len(workers) == 4 and all(_alive(pid) for pid in workers), workers
     time.sleep(2)
-    workers += [int(c) for pid in workers for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    assert len(workers) == 4 and all(_alive(pid) for pid in workers)  # 2 controllers and their workers
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143 and "stopped: cancelled 2 running job(s)" in err, err
