@@ -15,8 +15,11 @@ Exit status: 0 all ok, 1 some cells failed, 2 bad input.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -200,12 +203,38 @@ def run_jobs(sweep: Sweep, groups: list[list[SweepCell]], kind: str, folder: Pat
             time.sleep(POLL_S)
     except BaseException:  # Ctrl-C, SIGTERM (see main): the jobs stop with the sweep
         for job, _ in running:
-            job.cancel(check=False)
+            stop_job(job)
         if running:
             print(f"\nstopped: cancelled {len(running)} running job(s); their running cells have no record "
                   "and the next run of the same command does them", file=sys.stderr)
         raise
     progress.poll(all_cells, 0)
+
+
+def stop_job(job) -> None:
+    """Cancel a job. submitit cancels a local job with SIGINT to its controller process, which
+    then stops its tasks; a sweep started in the background of a script inherits SIGINT
+    ignored and so do the controllers, so a controller still alive after a grace period is
+    killed with its tasks (its child processes)."""
+    job.cancel(check=False)
+    controller = getattr(job, "_process", None)  # local jobs only (submitit's Popen)
+    if controller is None:
+        return
+    try:
+        controller.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        for pid in _child_pids(controller.pid):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        controller.kill()
+        controller.wait()
+
+
+def _child_pids(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
 
 
 def settle(job, group: list[SweepCell], folder: Path, sweep: str, run_id: str, why: str = "") -> list[SweepCell]:

@@ -257,30 +257,30 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.slow
-def test_stopping_the_sweep_stops_its_local_jobs(tmp_path, data):
-    """SIGTERM to a sweep on the local executor cancels its running job: no worker is left
-    running (and writing records) after the sweep has exited."""
+@pytest.mark.parametrize("sigint_ignored", [False, True])
+def test_stopping_the_sweep_stops_its_local_jobs(tmp_path, data, sigint_ignored):
+    """SIGTERM to a sweep on the local executor cancels its running jobs: no worker is left
+    running (and writing records) after the sweep has exited; also when the sweep was started
+    with SIGINT ignored (as `cmd &` in a script starts it), which submitit's cancel relies on."""
     import signal
     import time
+
+    from bench.sweep import _child_pids
 
     path = small_sweep(tmp_path, data, "[sleepy]", executor="local")
     env = {**os.environ, "BENCH_PLUGINS": "tests.faulty_methods",
            "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     results = tmp_path / "results"
-    proc = subprocess.Popen([sys.executable, "-m", "bench.sweep", str(path), "--results", str(results)],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    def children(pid: int) -> list[int]:
-        try:
-            return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-        except OSError:
-            return []
-
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.sweep", str(path), "--results", str(results)], cwd=REPO, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None)
     deadline = time.monotonic() + 120
     workers: list[int] = []
     while len(workers) < 4 and time.monotonic() < deadline:  # 2 jobs: submitit's controllers + workers
         time.sleep(0.5)
         controllers = [int(p.name.split("_")[0]) for p in (results / "s" / ".submitit").glob("*/*_log.err")]
-        workers = controllers + [c for pid in controllers for c in children(pid)]  # local job id = controller pid
+        workers = controllers + [c for pid in controllers for c in _child_pids(pid)]  # job id = controller pid
     assert len(workers) == 4 and all(_alive(pid) for pid in workers), workers
     time.sleep(2)
     proc.send_signal(signal.SIGTERM)
