@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from bench import BenchError
+from bench import BenchError, progress
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -124,7 +124,7 @@ def run_images(model: nn.Module, images: list[CalibImage]) -> None:
     from bench.models import image_predictor
 
     predictor = image_predictor(model)
-    for item in images:
+    for item in progress(images, "calibration images"):
         predictor.set_image(item.image)
         predictor.predict(box=item.boxes, multimask_output=False)
 
@@ -132,7 +132,7 @@ def run_images(model: nn.Module, images: list[CalibImage]) -> None:
 @torch.no_grad()
 def run_clips(model: nn.Module, clips: list[CalibClip]) -> None:
     """The VOS path on each clip: first-frame masks of every object, then propagation."""
-    for clip in clips:
+    for clip in progress(clips, "calibration clips"):
         state = model.init_state(str(clip.frames_dir))
         for obj_id, mask in clip.masks.items():
             model.add_new_mask(state, frame_idx=0, obj_id=obj_id, mask=mask)

@@ -150,7 +150,8 @@ def bits_order(w: int | None, a: int | None) -> tuple[int, int]:
 
 
 def cell_order(model, method, variant, w, a, task, metric: str = "") -> tuple:
-    return (model_order(model), method != "fp", method, variant != "", variant, bits_order(w, a), task, metric)
+    baseline = {"fp": 0, "rtn": 1}.get(method, 2)  # FP, then RTN, then the methods A-Z
+    return (model_order(model), baseline, method, variant != "", variant, bits_order(w, a), task, metric)
 
 
 def bits_label(method: str, w: int | None, a: int | None) -> str:

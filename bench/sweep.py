@@ -202,8 +202,7 @@ def run_jobs(sweep: Sweep, groups: list[list[SweepCell]], kind: str, folder: Pat
             progress.poll(all_cells, len(running))
             time.sleep(POLL_S)
     except BaseException:  # Ctrl-C, SIGTERM (see main): the jobs stop with the sweep
-        for job, _ in running:
-            stop_job(job)
+        stop_jobs([job for job, _ in running])
         if running:
             print(f"\nstopped: cancelled {len(running)} running job(s); their running cells have no record "
                   "and the next run of the same command does them", file=sys.stderr)
@@ -211,23 +210,24 @@ def run_jobs(sweep: Sweep, groups: list[list[SweepCell]], kind: str, folder: Pat
     progress.poll(all_cells, 0)
 
 
-def stop_job(job) -> None:
-    """Cancel a job. submitit cancels a local job with SIGINT to its controller process, which
+def stop_jobs(jobs: list) -> None:
+    """Cancel jobs. submitit cancels a local job with SIGINT to its controller process, which
     then stops its tasks; a sweep started in the background of a script inherits SIGINT
-    ignored and so do the controllers, so a controller still alive after a grace period is
-    killed with its tasks (its child processes)."""
-    job.cancel(check=False)
-    controller = getattr(job, "_process", None)  # local jobs only (submitit's Popen)
-    if controller is None:
-        return
-    try:
-        controller.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        for pid in _child_pids(controller.pid):
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-        controller.kill()
-        controller.wait()
+    ignored and so do the controllers, so a controller still alive after one shared grace
+    period is killed with its tasks (its child processes)."""
+    for job in jobs:
+        job.cancel(check=False)
+    controllers = [c for c in (getattr(job, "_process", None) for job in jobs) if c is not None]  # local jobs
+    deadline = time.monotonic() + 5
+    for controller in controllers:
+        try:
+            controller.wait(timeout=max(deadline - time.monotonic(), 0.01))
+        except subprocess.TimeoutExpired:
+            for pid in _child_pids(controller.pid):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            controller.kill()
+            controller.wait()
 
 
 def _child_pids(pid: int) -> list[int]:

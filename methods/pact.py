@@ -11,6 +11,11 @@ Choices where the paper does not fit SAM2 (documented here and in the quantizer)
   - signed tensors (calibration minimum < 0: LayerNorm outputs, GELU, attention inputs) use
     the symmetric clip [-alpha, alpha] with the narrow symmetric levels
     [-(2^(b-1) - 1), 2^(b-1) - 1]; d y_q / d alpha = -1 where x <= -alpha;
+  - `signed_clip: two_sided` (an ablation switch; default `symmetric`): signed tensors get a
+    second learned level beta for the negative side, clip(x, -beta, alpha) on asymmetric
+    levels, with the same PACT gradients and L2 penalty on beta. The symmetric clip spends
+    half the levels on the short negative side of GELU and LayerNorm outputs; on the micro
+    model at W4A4 it starts below RTN's asymmetric min/max range;
   - alpha starts at max|x| over the calibration data (the RTN range) unless `alpha_init` is
     given (the paper's alpha = 10 assumes post-ReLU activations of another scale);
   - weights: the paper pairs PACT with DoReFa weights, whose tanh normalization to [-1, 1]
@@ -41,6 +46,7 @@ from bench.quant.learned import PACTQuantizer, RTNWeightQuantizer, learned_quant
 class PACTConfig(QATConfig):
     alpha_l2: float = 2e-4  # L2 coefficient on the clipping levels (the paper's lambda_alpha)
     alpha_init: float | None = None  # None: max|x| over the calibration data
+    signed_clip: str = "symmetric"  # symmetric: [-alpha, alpha] (methods.md); two_sided: [-beta, alpha]
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -49,11 +55,14 @@ class PACTConfig(QATConfig):
         a = self.alpha_init
         if a is not None and (isinstance(a, bool) or not isinstance(a, (int, float)) or a <= 0):
             raise BenchError(f"alpha_init: expected a positive number or null, got {a!r}")
+        if self.signed_clip not in ("symmetric", "two_sided"):
+            raise BenchError(f"signed_clip: expected 'symmetric' or 'two_sided', got {self.signed_clip!r}")
 
 
 def alpha_penalty(model: nn.Module, coefficient: float) -> torch.Tensor:
-    alphas = [q.alpha for q in learned_quantizers(model).values() if isinstance(q, PACTQuantizer)]
-    return coefficient * torch.stack([a.square() for a in alphas]).sum()
+    levels = [p for q in learned_quantizers(model).values() if isinstance(q, PACTQuantizer)
+              for p in (q.alpha, q.beta) if p.numel()]
+    return coefficient * torch.stack([p.square() for p in levels]).sum()
 
 
 class PACT(Method):
@@ -63,10 +72,15 @@ class PACT(Method):
     def needs_data(self) -> bool:
         return True
 
+    @property
+    def variant(self) -> str:
+        return "two-sided" if self.config.signed_clip == "two_sided" else ""
+
     def _quantizer(self, name: str, old: FakeQuantizer, kind: str) -> FakeQuantizer:
         if kind == "weight":
             return RTNWeightQuantizer(old.spec)
-        return PACTQuantizer(old.spec, alpha_init=self.config.alpha_init)
+        return PACTQuantizer(old.spec, alpha_init=self.config.alpha_init,
+                             two_sided=self.config.signed_clip == "two_sided")
 
     def prepare(self, model: nn.Module, calib: CalibData | None) -> None:
         wrap(model, self.config.plan())

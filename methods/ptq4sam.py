@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench import BenchError
+from bench import BenchError, progress
 from bench.calib import CalibData, CalibImage
 from bench.method import Method, QuantConfig
 from bench.quant import quant_attentions, quant_layers, wrap
@@ -297,7 +297,7 @@ class PTQ4SAM(Method):
         """Block reconstruction of every unit (PTQ4SAM-L)."""
         s = self.config.recon_settings()
         losses = {}
-        for name in block_units(model, self.config.recon_components):
+        for name in progress(block_units(model, self.config.recon_components), "reconstruction"):
             losses[name] = reconstruct_block(model, fp_model, name, images, s)
         return {"units": len(losses), "last_loss": losses}
 

@@ -46,6 +46,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from bench import progress
 from bench.calib import CalibData, CalibImage
 from bench.quant import quant_attentions
 from bench.quant.fake import FakeQuantizer
@@ -321,7 +322,7 @@ class SAQSAM(PTQ4SAM):
         cfg, s = self.config, self.config.recon_settings()
         par = PARContext(fp_model, images) if cfg.par else None
         losses = {}
-        for kind, unit in saq_units(model, cfg):
+        for kind, unit in progress(saq_units(model, cfg), "reconstruction"):
             if kind == "stage":
                 key = f"{TRUNK}{unit.start}-{unit.stop - 1}"
                 losses[key] = reconstruct_stage(model, fp_model, unit, images, s, par)

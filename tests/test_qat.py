@@ -122,6 +122,27 @@ def test_pact_signed_clip_is_symmetric():
     assert torch.equal(q.freeze()(x), q(x).detach())
 
 
+def test_pact_two_sided_clip_learns_both_levels_on_the_rtn_grid():
+    data = torch.tensor([-0.5, 1.0, 3.0])
+    q = calibrated(PACTQuantizer(QuantSpec(3), two_sided=True), data)
+    assert not q.spec.symmetric and (q.spec.qmin, q.spec.qmax) == (0, 7)
+    assert (q.alpha.item(), q.beta.item()) == (3.0, 0.5)  # the min/max range
+    x = torch.tensor([-2.0, -0.5, -0.3, 0.2, 2.99, 3.0, 4.0], requires_grad=True)
+    up = torch.linspace(1, 2, len(x))
+    (q(x) * up).sum().backward()
+    assert q.alpha.grad.item() == pytest.approx(up[x.detach() >= 3.0].sum().item())
+    assert q.beta.grad.item() == pytest.approx(-up[x.detach() <= -0.5].sum().item())
+    inside = ((x > -0.5) & (x < 3.0)).float()
+    assert torch.equal(x.grad, up * inside)
+    # forward and the frozen quantizer: RTN's asymmetric grid on the same range
+    rtn = calibrated(FakeQuantizer(QuantSpec(3)), data)
+    assert torch.allclose(q(x).detach(), rtn(x.detach()), atol=1e-6)
+    assert torch.equal(q.freeze()(x.detach()), q(x).detach())
+    # unsigned tensors keep the one-sided clip
+    u = calibrated(PACTQuantizer(QuantSpec(3), two_sided=True), torch.tensor([0.0, 1.0]))
+    assert u.beta.numel() == 0 and u.spec.qmin == 0 and u.alpha.item() == 1.0
+
+
 def _with_alpha(q: PACTQuantizer, alpha: torch.Tensor):
     def f(x):
         saved = q.alpha
@@ -334,7 +355,8 @@ def test_lsq_init_of_attention_probabilities(present_fp, calib, prob_init):
     assert all(q.spec.qmin == 0 for q in probs)  # probabilities are unsigned
 
 
-@pytest.mark.parametrize("name, options", [("pact", {}), ("qsam2", {}), ("qsam2", {"vrc": False})])
+@pytest.mark.parametrize("name, options", [("pact", {}), ("pact", {"signed_clip": "two_sided"}), ("qsam2", {}),
+                                           ("qsam2", {"vrc": False})])
 def test_other_qat_methods_train(present_fp, calib, name, options):
     model = copy.deepcopy(present_fp)
     method = make(name, w_bits=4, a_bits=4, **{**FAST, "steps": 4, **options})
@@ -357,6 +379,7 @@ def test_config_errors_are_one_line_and_name_the_field():
         ("lsq", {"schedule": "linear"}, "schedule"), ("lsq", {"init": "zero"}, "init"),
         ("lsq", {"prob_init": "max"}, "prob_init"),
         ("lsq", {"warmup_frac": 1.0}, "warmup_frac"), ("pact", {"alpha_l2": -1}, "alpha_l2"),
+        ("pact", {"signed_clip": "wide"}, "signed_clip"),
         ("qsam2", {"vrc_bias": "drop"}, "vrc_bias"), ("qsam2", {"lsc_momentum": 1.5}, "lsc_momentum"),
         ("qsam2", {"vrc": "yes"}, "vrc"),
     ]
@@ -367,3 +390,4 @@ def test_config_errors_are_one_line_and_name_the_field():
         assert msg.startswith(f"{field}: ") and "\n" not in msg, msg
     assert make("qsam2", w_bits=2, a_bits=4, lsc=False, steps=0).variant == "vrc-only"
     assert make("qsam2", w_bits=2, a_bits=4, vrc=False).variant == "lsc-only"
+    assert make("pact", w_bits=2, a_bits=4, signed_clip="two_sided").variant == "two-sided"

@@ -249,3 +249,10 @@ def test_latex_compiles(report, tmp_path):
     assert done.returncode == 0, done.stdout[-3000:]
     assert (tmp_path / "doc.pdf").stat().st_size > 0
     assert not re.search(r"^! ", done.stdout, re.M)
+
+
+def test_rows_put_fp_then_rtn_above_the_methods():
+    from bench.report import cell_order
+    methods = ["saqsam", "lsq", "rtn", "ptq4sam", "fp", "aaa"]
+    ranked = sorted(methods, key=lambda m: cell_order(MODEL, m, "", 4, 4, "vos"))
+    assert ranked == ["fp", "rtn", "aaa", "lsq", "ptq4sam", "saqsam"]

@@ -246,14 +246,24 @@ class PACTQuantizer(LearnedQuantizer):
     d y_q / d alpha = 1 where x >= alpha, -1 where x <= -alpha (signed), 0 elsewhere; the step
     size alpha / (levels) gets no gradient of its own. Init: alpha = max|x| over the
     calibration data (the RTN range), or `alpha_init` when given.
+
+    `two_sided=True` (an ablation switch, not the paper's or methods.md's form): a signed
+    tensor gets a second learned level `beta` > 0 for its negative side, y = clip(x, -beta,
+    alpha) quantized with the asymmetric levels [0, 2^b - 1] (step s = (alpha + beta) /
+    (2^b - 1), zero point round(beta / s), as RTN's activations); d y_q / d alpha = 1 where
+    x >= alpha, d y_q / d beta = -1 where x <= -beta, else 0. Init: alpha = max(x), beta =
+    -min(x) over the calibration data (the RTN range), or both `alpha_init`. Unsigned tensors
+    are unchanged.
     """
 
     kind = "pact"
 
-    def __init__(self, spec: QuantSpec, alpha_init: float | None = None) -> None:
+    def __init__(self, spec: QuantSpec, alpha_init: float | None = None, two_sided: bool = False) -> None:
         super().__init__(spec)
         self.alpha_init = alpha_init
+        self.two_sided = two_sided
         self.alpha = nn.Parameter(torch.empty(0))
+        self.beta = nn.Parameter(torch.empty(0))  # two-sided signed tensors only
 
     @property
     def calibrated(self) -> bool:
@@ -262,15 +272,53 @@ class PACTQuantizer(LearnedQuantizer):
     def calibrate_from_observed(self) -> None:
         if self.min_val.numel() == 0:
             raise RuntimeError("quantizer observed no data")
-        self._set_signed(bool(self.min_val.min() < 0), narrow=True)
+        signed = bool(self.min_val.min() < 0)
+        dev = self.min_val.device
+        if self.two_sided and signed:
+            self._set_signed(False)  # asymmetric levels on [-beta, alpha]
+            hi, lo = float(self.max_val.max()), -float(self.min_val.min())
+            if self.alpha_init is not None:
+                hi = lo = self.alpha_init
+            self.alpha = nn.Parameter(torch.tensor(max(hi, 1e-6), device=dev))
+            self.beta = nn.Parameter(torch.tensor(max(lo, 1e-6), device=dev))
+            return
+        self._set_signed(signed, narrow=True)
         _, _, amax = self.observed()
         a = self.alpha_init if self.alpha_init is not None else max(amax, 1e-8)
-        self.alpha = nn.Parameter(torch.tensor(float(a), device=self.min_val.device))
+        self.alpha = nn.Parameter(torch.tensor(float(a), device=dev))
+
+    def _grid(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two-sided: (step size, zero point) of the asymmetric grid on [-beta, alpha]."""
+        s = (self.alpha.detach() + self.beta.detach()).abs() / self.q_p
+        return s, torch.round(self.beta.detach().abs() / s)
 
     def effective_scale(self) -> torch.Tensor:
+        if self.beta.numel():
+            return self._grid()[0]
         return self.alpha.detach().abs() / self.q_p
 
+    def freeze(self) -> FakeQuantizer:
+        if not self.beta.numel():
+            return super().freeze()
+        q = FakeQuantizer(self.spec)
+        q.scale, q.zero_point = (t.float().clone() for t in self._grid())
+        q.enabled = self.enabled
+        return q
+
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        if self.beta.numel():
+            s, z = self._grid()
+            xf = x.float()
+            if not torch.is_grad_enabled():
+                return fake_quant(xf, s, z, self.spec.qmin, self.spec.qmax).to(x.dtype)
+            a, b = self.alpha.float(), self.beta.float()
+            with torch.no_grad():  # PACT's masks: x >= alpha, x <= -beta
+                hi, lo = (xf >= a).float(), (xf <= -b).float()
+                inside = 1.0 - hi - lo
+            y = xf * inside + a * hi - b * lo  # clip(x, -beta, alpha) with the paper's gradients
+            with torch.no_grad():
+                err = fake_quant(y, s, z, self.spec.qmin, self.spec.qmax) - y
+            return (y + err).to(x.dtype)  # straight-through rounding
         if not torch.is_grad_enabled():
             return self._float_quant(x, self.effective_scale())
         return _PACTFunction.apply(x.float(), self.alpha.float(), self.q_p, self.spec.symmetric).to(x.dtype)

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bench import BenchError
+from bench import BenchError, progress
 from bench.quant.fake import FakeQuantizer, QuantSpec, fake_quant, qparams_from_range
 from bench.quant.modules import QuantLayer
 
@@ -190,7 +190,7 @@ def _rows(w: torch.Tensor, q: FakeQuantizer) -> torch.Tensor:
 def calibrate_weights_lp(model: nn.Module, search: LpSearch) -> int:
     """Lp-optimal ranges (per row of each weight quantizer) for every QuantLayer."""
     layers = [m for m in model.modules() if isinstance(m, QuantLayer) and m.wq.spec is not None]
-    for m in layers:
+    for m in progress(layers, "weight ranges"):
         w = m.weight.detach().float()
         shape = m.wq._reduce(w)[0].shape
         lo, hi = search.range_of_rows(_rows(w, m.wq), m.wq.spec)
