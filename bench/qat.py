@@ -37,7 +37,7 @@ every kind moves by about the same fraction per step (Adam's step is about lr wh
 gradient's scale; the papers' single SGD rate does not carry over). Linear warm-up over
 `warmup_frac` of the steps, then cosine decay to 0 (`schedule="cosine"`) or constant;
 gradient-norm clipping (`grad_clip`); `batch_size` samples per step (gradients accumulated),
-drawn in seeded random order without replacement per epoch. CPU, or CUDA with bf16
+drawn in seeded random order without replacement per epoch (`seed`, by default the cell's). CPU, or CUDA with bf16
 autocast (quantizers compute in float32). On CPU, bit-identical for a given seed and thread
 count; on CUDA up to the nondeterminism of some kernels (e.g. atomic adds in backward).
 """
@@ -94,14 +94,15 @@ class QATConfig(QuantConfig):
     seg_loss: str = "focal"
     train_weights: bool = True
     report_loss: bool = True  # loss over all samples before and after training, in `info`
-    seed: int = 0
+    seed: int | None = None  # None: the cell's seed (bench.run seeds torch with it before `apply`)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _integer(self, "steps", 0)
         _integer(self, "batch_size", 1)
         _integer(self, "clip_frames", 2)
-        _integer(self, "seed", 0)
+        if self.seed is not None:
+            _integer(self, "seed", 0)
         for f in ("lr", "lr_quant", "weight_decay", "grad_clip", "distill_weight", "aux_weight",
                   "feature_weight", "seg_weight"):
             _number(self, f, 0.0)
@@ -446,7 +447,8 @@ def train(
     """Train `model` (quantized, in place) for `cfg.steps` steps; returns figures for the
     record: steps, time, losses before/after (`report_loss`), peak memory."""
     device = _device(model)
-    torch.manual_seed(cfg.seed)
+    seed = torch.initial_seed() if cfg.seed is None else cfg.seed
+    torch.manual_seed(seed)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     info: dict = {"qat_steps": cfg.steps, "qat_samples": len(samples)}
@@ -459,7 +461,7 @@ def train(
     opt, params = make_optimizer(model, cfg)
     for q in quantizers:
         q.train()  # LSC updates its EMA statistics in training mode
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(seed)
     order: list[int] = []
     t0 = time.perf_counter()
     ema = None

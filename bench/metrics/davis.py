@@ -86,15 +86,19 @@ def f_measure(foreground_mask: np.ndarray, gt_mask: np.ndarray, void_pixels: np.
     dilation); bound_th < 1 is a fraction of the image diagonal, >= 1 a pixel count."""
     if foreground_mask.ndim != 2 or foreground_mask.shape != gt_mask.shape:
         raise ValueError(f"f_measure needs two 2-D masks of one shape, got {foreground_mask.shape}, {gt_mask.shape}")
-    keep = np.ones(gt_mask.shape, bool) if void_pixels is None else ~void_pixels.astype(bool)
+    fg, gt = foreground_mask.astype(bool), gt_mask.astype(bool)
+    if void_pixels is not None:
+        keep = ~void_pixels.astype(bool)
+        fg, gt = fg & keep, gt & keep
     bound_pix = bound_th if bound_th >= 1 else np.ceil(bound_th * np.linalg.norm(foreground_mask.shape))
-    fg_b = seg2bmap(foreground_mask.astype(bool) & keep)
-    gt_b = seg2bmap(gt_mask.astype(bool) & keep)
+    kernel = _disk(float(bound_pix))
+    fg, gt = _crop_around(fg, gt, kernel.shape[0] + 1)
+    if fg.size == 0:
+        return 1.0  # both empty
+    fg_b, gt_b = seg2bmap(fg), seg2bmap(gt)
     n_fg, n_gt = int(fg_b.sum()), int(gt_b.sum())
     if n_fg == 0 or n_gt == 0:
         return 1.0 if n_fg == n_gt else 0.0  # both empty: right; one empty: P or R is 0
-    kernel = _disk(float(bound_pix))
-    fg_b, gt_b = _crop_to_boundaries(fg_b, gt_b, kernel.shape[0])
     fg_dil = cv2.dilate(fg_b.astype(np.uint8), kernel).astype(bool)
     gt_dil = cv2.dilate(gt_b.astype(np.uint8), kernel).astype(bool)
     precision = np.sum(fg_b & gt_dil) / n_fg
@@ -102,12 +106,18 @@ def f_measure(foreground_mask: np.ndarray, gt_mask: np.ndarray, void_pixels: np.
     return 0.0 if precision + recall == 0 else float(2 * precision * recall / (precision + recall))
 
 
-def _crop_to_boundaries(a: np.ndarray, b: np.ndarray, margin: int) -> tuple[np.ndarray, np.ndarray]:
-    """Both maps cut to the boxes around their pixels plus the kernel size: the dilation is only
-    read at boundary pixels, so the counts are unchanged and a small object costs little."""
-    ys, xs = np.nonzero(a | b)
-    y0, x0 = max(int(ys.min()) - margin, 0), max(int(xs.min()) - margin, 0)
-    y1, x1 = int(ys.max()) + margin + 1, int(xs.max()) + margin + 1
+def _crop_around(a: np.ndarray, b: np.ndarray, margin: int) -> tuple[np.ndarray, np.ndarray]:
+    """Both masks cut to the box around their pixels plus `margin` (> the dilation kernel) on
+    each side, clipped to the image. Boundaries and dilations computed on the cut equal those
+    of the whole image there: a boundary pixel lies at most one pixel above/left of a mask
+    pixel, the rows and columns past the box are empty, and the image's own last row and
+    column keep their rule when the cut reaches them. Empty masks give empty cuts."""
+    union = a | b
+    rows, cols = np.flatnonzero(union.any(axis=1)), np.flatnonzero(union.any(axis=0))
+    if rows.size == 0:
+        return a[:0, :0], b[:0, :0]
+    y0, x0 = max(int(rows[0]) - margin, 0), max(int(cols[0]) - margin, 0)
+    y1, x1 = int(rows[-1]) + margin + 1, int(cols[-1]) + margin + 1
     return a[y0:y1, x0:x1], b[y0:y1, x0:x1]
 
 
@@ -160,8 +170,9 @@ def score_sequence(dataset: DavisSet, seq: str, pred_dir: Path) -> tuple[np.ndar
         gt = np.where(gt == VOID_LABEL, 0, gt)
         pred = read_prediction(pred_dir / seq / f"{frame}.png", gt.shape, len(ids), seq)
         for k, obj in enumerate(ids):
-            j[k, t] = db_eval_iou(gt == obj, pred == obj)
-            f[k, t] = f_measure(pred == obj, gt == obj)
+            gt_k, pred_k = gt == obj, pred == obj
+            j[k, t] = db_eval_iou(gt_k, pred_k)
+            f[k, t] = f_measure(pred_k, gt_k)
     return j, f
 
 
