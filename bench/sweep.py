@@ -149,6 +149,7 @@ class Progress:
 
         self.folder, self.run_id, self.skipped = folder, run_id, skipped
         self.ended: dict[str, str] = {}
+        self.text, self.live = "", sys.stderr.isatty()
         self.bar = tqdm(total=total, desc="sweep", unit="cell", file=sys.stderr, dynamic_ncols=True)
 
     def poll(self, cells: list[SweepCell], running: int) -> None:
@@ -159,8 +160,10 @@ class Progress:
                     self.ended[sc.cell_id] = rec.get("status", "failed")
                     self.bar.update(1)
         failed = sum(s != "ok" for s in self.ended.values())
-        self.bar.set_postfix_str(f"done {len(self.ended) - failed}, running {running}, failed {failed}, "
-                                 f"skipped {self.skipped}", refresh=True)
+        text = f"done {len(self.ended) - failed}, running {running}, failed {failed}, skipped {self.skipped}"
+        if text != self.text or self.live:  # a log file gets a line per change, a terminal a ticking clock
+            self.text = text
+            self.bar.set_postfix_str(text, refresh=True)
 
     def close(self) -> None:
         self.bar.close()
