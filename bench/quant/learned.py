@@ -10,8 +10,9 @@ convert pattern: evaluation, packing and the `size` task see ordinary quantizers
 
 Conventions shared by the three (the papers quantize post-ReLU activations, SAM2's are
 signed): a tensor whose calibration minimum is >= 0 (e.g. softmax probabilities) is unsigned,
-levels [0, 2^b - 1]; otherwise signed around zero. The zero point is always 0. Activation
-quantizers are per tensor, weight quantizers per output channel or per tensor.
+levels [0, 2^b - 1]; otherwise signed around zero. The zero point is 0 (except PACT's two-sided
+ablation, on RTN's asymmetric grid). Activation quantizers are per tensor, weight quantizers
+per output channel or per tensor.
 
 Two helpers without learned parameters keep RTN's quantizers fast and correct during QAT:
 `RTNWeightQuantizer` (min/max range of the current weight at every step) and
