@@ -459,6 +459,9 @@ def train(
         info["loss_before"] = evaluate_loss(model, samples, teacher, cfg)
     grad_state = {id(p): p.requires_grad for p in model.parameters()}
     opt, params = make_optimizer(model, cfg)
+    if opt is None and cfg.steps > 0:
+        raise BenchError(f"steps: {cfg.steps} training steps but nothing to train (no learned quantizer "
+                         "parameters and train_weights: false); use steps: 0")
     for q in quantizers:
         q.train()  # LSC updates its EMA statistics in training mode
     gen = torch.Generator().manual_seed(seed)
@@ -480,6 +483,8 @@ def train(
         bar.set_postfix(loss=f"{ema:.4f}", refresh=False)
     info["qat_s"] = time.perf_counter() - t0
     info["qat_step_s"] = info["qat_s"] / max(1, cfg.steps)
+    if opt:
+        opt.zero_grad(set_to_none=True)  # no weight-sized gradients kept through evaluation
     for q in quantizers:
         q.eval()
     for p in model.parameters():

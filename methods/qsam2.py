@@ -23,11 +23,12 @@ are treated as zero, as numpy's lstsq does). Choices the paper leaves open, as c
     initial clip); the statistics of the layers are gathered in groups that fit
     `vrc_memory_gb`, one pass per group. With `a_bits` fp, Q(X) = X and W' is W projected
     onto the row space of X (what the data do not excite is removed).
-VRC changes only the image encoder's weights; activation ranges were calibrated on the FP
-model (VRC keeps the outputs close to the FP ones), weight quantizers are (re)initialized from
-the re-fitted weights, whose own quantization the fit does not see (on the micro model VRC
-alone beats RTN at W4A4 but not at W2A4, where `vrc_ridge` 1e-2 does). `vrc: true,
-lsc: false, steps: 0` is VRC as post-training calibration.
+VRC changes only the image encoder's weights; activation ranges are calibrated before VRC, on
+the model before the re-fit (VRC keeps the outputs close to the FP ones); every layer's X is
+gathered before any weight is written (the passes all see the FP model); weight quantizers
+are (re)initialized from the re-fitted weights, whose own quantization the fit does not see
+(on the micro model VRC alone beats RTN at W4A4 but not at W2A4, where `vrc_ridge` 1e-2
+does). `vrc: true, lsc: false, steps: 0` is VRC as post-training calibration.
 
 LSC, Learnable Statistical Clipping (`lsc`): every quantizer (weights per output channel,
 activations per tensor, attention q/k/v/probabilities) becomes an `LSCQuantizer`
@@ -176,7 +177,7 @@ def vrc(model: nn.Module, calib: CalibData | None, cfg: QSAM2Config) -> dict:
     enabled = [q.enabled for q in quantizers]
     input_quantized = {n: layer.aq.active for n, layer in layers.items()}
     device = next(model.parameters()).device
-    ratios = []
+    solved = {}  # written after every pass, so that each pass sees the FP model
     try:
         for q in quantizers:
             q.enabled = False  # the FP model: X are FP inputs
@@ -195,24 +196,32 @@ def vrc(model: nn.Module, calib: CalibData | None, cfg: QSAM2Config) -> dict:
                 for h in hooks:
                     h.remove()
             for name, st in stats.items():
-                ratios.append(_refit(layers[name], st, cfg))
+                solved[name] = _solve(layers[name], st, cfg)
     finally:
         for q, e in zip(quantizers, enabled):
             q.enabled = e
-    return {"vrc_layers": len(layers), "vrc_passes": len(_groups(layers, cfg.vrc_memory_gb * 2**30)),
+    ratios = [_write(layers[name], new) for name, new in solved.items()]
+    return {"vrc_layers": len(layers), "vrc_passes": len(groups),
             "vrc_weight_norm_ratio": float(sum(ratios) / len(ratios))}
 
 
-def _refit(layer: QuantLinear, st: _Stats, cfg: QSAM2Config) -> float:
-    """Solve and write the layer's new weight (and bias); returns ||W_new|| / ||W||."""
-    W = layer.weight.detach().clone()
+def _solve(layer: QuantLinear, st: _Stats, cfg: QSAM2Config) -> torch.Tensor:
+    """The layer's new [weight | bias] (bias column only when it is fitted)."""
+    W = layer.weight.detach()
     full = torch.cat([W, layer.bias.detach()[:, None]], 1) if st.fit_bias else W
     sol = vrc_solve(st.G, st.H, full, cfg.vrc_rcond, cfg.vrc_ridge)
-    new = (cfg.vrc_blend * sol + (1 - cfg.vrc_blend) * full.double()).to(W.dtype)
-    layer.weight.data.copy_(new[:, : W.shape[1]])
-    if st.fit_bias:
-        layer.bias.data.copy_(new[:, -1])
-    return float(layer.weight.detach().norm() / W.norm().clamp_min(1e-12))
+    return (cfg.vrc_blend * sol + (1 - cfg.vrc_blend) * full.double()).to(W.dtype)
+
+
+def _write(layer: QuantLinear, new: torch.Tensor) -> float:
+    """Write a solved weight (and bias) in place, as a tracked modification (cached quantized
+    weights keyed on the tensor version see the change); returns ||W_new|| / ||W||."""
+    old_norm = layer.weight.detach().norm().clamp_min(1e-12)
+    d = layer.weight.shape[1]
+    layer.weight.copy_(new[:, :d])
+    if new.shape[1] > d:
+        layer.bias.copy_(new[:, d])
+    return float(layer.weight.detach().norm() / old_norm)
 
 
 # -- the method ----------------------------------------------------------------------------------

@@ -297,6 +297,30 @@ def test_vrc_refit_solves_least_squares_and_beats_rtn_on_held_out_data(micro_fp,
     assert err_vrc < 0.9 * err_rtn, (err_vrc, err_rtn)
 
 
+def test_vrc_passes_see_the_fp_model_and_quantized_weights_follow_the_refit(micro_fp, calib):
+    """A small `vrc_memory_gb` (one pass per layer) gives the one-pass weights; after VRC the
+    RTN weight quantizers of the QAT loop quantize the re-fitted weights, not cached old ones."""
+    calib_imgs = CalibData(images=calib.images)
+    runs = {}
+    for budget in (2.0, 1e-9):
+        model = copy.deepcopy(micro_fp)
+        method = make("qsam2", w_bits=4, a_bits=4, components=["image_encoder"], lsc=False, steps=0,
+                      vrc_memory_gb=budget)
+        method.prepare(model, calib_imgs)
+        runs[budget] = (model, method.info)
+    (one, info1), (many, info_many) = runs[2.0], runs[1e-9]
+    assert info1["vrc_passes"] == 1 and info_many["vrc_passes"] == info1["vrc_layers"] > 10
+    w1, wm = one.state_dict(), many.state_dict()
+    assert all(torch.allclose(w1[k], wm[k], rtol=1e-5, atol=1e-6) for k in w1 if k.endswith((".weight", ".bias")))
+    for layer in quant_layers(many).values():
+        assert isinstance(layer.wq, RTNWeightQuantizer)
+        ref = FakeQuantizer(layer.wq.spec)
+        ref.set_range(*ref._reduce(layer.weight))
+        with torch.no_grad():
+            assert torch.equal(layer.wq(layer.weight), ref(layer.weight))
+        assert torch.equal(layer.wq(layer.weight).detach(), ref(layer.weight.detach()))  # the training path
+
+
 # -- the training loop ---------------------------------------------------------------------------
 FAST = dict(steps=8, lr=1e-4, lr_quant=1e-2, seg_weight=0.0, warmup_frac=0.0, clip_frames=3)
 
@@ -373,6 +397,13 @@ def test_other_qat_methods_train(present_fp, calib, name, options):
             ref.set_range(*ref._reduce(layer.weight))
             with torch.no_grad():
                 assert torch.equal(layer.qweight(), ref(layer.weight))
+
+
+def test_training_with_nothing_to_train_is_a_one_line_error(present_fp, calib):
+    method = make("qsam2", w_bits=4, a_bits=4, **{**FAST, "steps": 2}, vrc=False, lsc=False, train_weights=False)
+    with pytest.raises(BenchError) as e:
+        method.apply(copy.deepcopy(present_fp), calib)
+    assert str(e.value).startswith("steps: 2 training steps but nothing to train") and "\n" not in str(e.value)
 
 
 def test_config_errors_are_one_line_and_name_the_field():

@@ -451,7 +451,7 @@ class FixedQuantizer(_PlainRange):
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.is_grad_enabled() or self.spec.granularity == "group":
-            return FakeQuantizer.quantize(self, x)
+            return FakeQuantizer.quantize(self, x.float()).to(x.dtype)  # rounding in float32, as in training
         xf = x.float()
         return _FixedFunction.apply(xf, self.scale, self.zero_point, self.spec.qmin, self.spec.qmax).to(x.dtype)
 
