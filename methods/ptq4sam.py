@@ -232,8 +232,10 @@ def install_quantizers(model: nn.Module, cfg: PTQ4SAMConfig) -> None:
                 attn.p_quant = PTQQuantizer(spec, cfg.act_observer, search)
 
 
-def block_units(model: nn.Module, components: tuple[str, ...]) -> list[str]:
-    """Reconstruction units in model order (see the module docstring)."""
+def block_units(model: nn.Module, components: tuple[str, ...], images: list[CalibImage]) -> list[str]:
+    """Reconstruction units in the order they first run on the image path (one pass over the
+    first image; registration order differs, e.g. a Hiera block's `proj` shortcut runs before
+    its `attn` but is registered after its `mlp`), see the module docstring."""
     from sam2.modeling.sam2_utils import MLP
 
     def quantized(m: nn.Module) -> bool:
@@ -245,7 +247,20 @@ def block_units(model: nn.Module, components: tuple[str, ...]) -> list[str]:
             continue
         if isinstance(m, (QuantAttentionMixin, MLP, QuantLayer)) and quantized(m):
             names.append(name)
-    return names
+    first_call: dict[str, int] = {}
+
+    def seen(name: str):
+        def hook(*_) -> None:  # a pre-hook returning a value would replace the inputs
+            first_call.setdefault(name, len(first_call))
+        return hook
+
+    hooks = [model.get_submodule(n).register_forward_pre_hook(seen(n)) for n in names]
+    try:
+        run_image_path(model, images[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    return sorted(names, key=lambda n: (n not in first_call, first_call.get(n, 0)))  # stable for the rest
 
 
 class PTQ4SAM(Method):
@@ -297,7 +312,7 @@ class PTQ4SAM(Method):
         """Block reconstruction of every unit (PTQ4SAM-L)."""
         s = self.config.recon_settings()
         losses = {}
-        for name in progress(block_units(model, self.config.recon_components), "reconstruction"):
+        for name in progress(block_units(model, self.config.recon_components, images), "reconstruction"):
             losses[name] = reconstruct_block(model, fp_model, name, images, s)
         return {"units": len(losses), "last_loss": losses}
 

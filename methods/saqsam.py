@@ -33,8 +33,10 @@ The official code is a fork of PTQ4SAM; this method inherits PTQ4SAM's BIG and A
   settings. `recon: false, par: false`: SAQ-SAM* (PCC only, statistics).
 
 Choices where the code is silent on SAM2 (config fields): the PAR path through the later FP
-stages (above); levels of the FPN before the stage are zeros (the FPN's top-down path never
-carries them to the image embedding); memory modules are not reconstructed.
+stages (above); levels of the FPN before the stage are its input (when the block before the
+stage ends a level) or zeros (levels the FPN's top-down path never carries to the image
+embedding: with SAM2's `fpn_top_down_levels: [2, 3]` and `scalp: 1` the embedding reads levels
+2 and 3, and level 2 is the input of the last stage); memory modules are not reconstructed.
 """
 
 from __future__ import annotations
@@ -264,6 +266,8 @@ class PARContext:
         trunk, enc = self.fp.image_encoder.trunk, self.fp.image_encoder
         ends = [e for e in trunk.stage_ends if e == trunk.stage_ends[-1] or trunk.return_interm_layers]
         levels = {}
+        if stage.start - 1 in ends:  # the stage's input is itself a level (the last stage's feeds the embedding)
+            levels[stage.start - 1] = x.permute(0, 3, 1, 2)
         for b in range(stage.start, len(trunk.blocks)):
             x = (q_trunk if b in stage else trunk).blocks[b](x)
             if b in ends:
@@ -278,11 +282,11 @@ class PARContext:
         return transformer_out(self.fp.sam_mask_decoder, {**self.kwargs[i], "image_embeddings": emb})[1]
 
 
-def saq_units(model: nn.Module, cfg: SAQSAMConfig) -> list[tuple[str, str | range]]:
+def saq_units(model: nn.Module, cfg: SAQSAMConfig, images: list[CalibImage]) -> list[tuple[str, str | range]]:
     """(kind, unit) in model order: ("stage", blocks), ("layer", name), ("final", name), ("block", name)."""
     units: list[tuple[str, str | range]] = []
     stages = trunk_stages(model.image_encoder.trunk)
-    for name in block_units(model, cfg.recon_components):
+    for name in block_units(model, cfg.recon_components, images):
         if not cfg.par:
             units.append(("block", name))
         elif name.startswith(TRUNK):
@@ -322,7 +326,7 @@ class SAQSAM(PTQ4SAM):
         cfg, s = self.config, self.config.recon_settings()
         par = PARContext(fp_model, images) if cfg.par else None
         losses = {}
-        for kind, unit in progress(saq_units(model, cfg), "reconstruction"):
+        for kind, unit in progress(saq_units(model, cfg, images), "reconstruction"):
             if kind == "stage":
                 key = f"{TRUNK}{unit.start}-{unit.stop - 1}"
                 losses[key] = reconstruct_stage(model, fp_model, unit, images, s, par)

@@ -17,7 +17,7 @@ from bench.quant.log2 import Log2Quantizer, agq_search, log2_quant
 from bench.quant.modules import QuantLayer
 from bench.quant.observers import LpSearch, PTQQuantizer, lp_candidates
 from bench.recon import ReconSettings, capture, frozen_params, train, unit_error
-from methods.ptq4sam import channel_signs, fold_signs, is_bimodal
+from methods.ptq4sam import block_units, channel_signs, fold_signs, is_bimodal
 from methods.saqsam import PARContext, attention_iou, pcc_search, trunk_stages
 from tests.test_rtn import make_calib
 
@@ -155,13 +155,29 @@ def test_reconstruction_reduces_a_blocks_error(micro_fp, calib):
         assert after < 0.9 * before, (name, before, after)
         assert all(q.active and getattr(q, "drop_prob", 1.0) == 1.0 for q in unit.modules() if hasattr(q, "spec")
                    and q.spec is not None)
-    # the prompt-aware path of an FP stage reproduces the FP transformer's image tokens
+    # the prompt-aware path of every FP stage reproduces the FP transformer's image tokens (the
+    # last stage's input is a level the FPN carries into the image embedding)
     par = PARContext(micro_fp, calib.images[:1])
-    stage = trunk_stages(micro_fp.image_encoder.trunk)[0]
-    x = capture(micro_fp, micro_fp.image_encoder.trunk.blocks[stage.start], calib.images[:1])[0].args[0]
-    with torch.no_grad():
-        keys = par.stage_keys(micro_fp.image_encoder.trunk, stage, x, 0)
-    assert (keys - par.targets[0][1]).abs().max() <= 1e-4
+    stages = trunk_stages(micro_fp.image_encoder.trunk)
+    assert len(stages) > 1
+    for stage in stages:
+        x = capture(micro_fp, micro_fp.image_encoder.trunk.blocks[stage.start], calib.images[:1])[0].args[0]
+        with torch.no_grad():
+            keys = par.stage_keys(micro_fp.image_encoder.trunk, stage, x, 0)
+        assert (keys - par.targets[0][1]).abs().max() <= 1e-4, stage
+
+
+def test_reconstruction_units_run_in_call_order(micro_fp, calib):
+    model = copy.deepcopy(micro_fp)
+    make("ptq4sam", w_bits=4, a_bits=4, agq=False, **SMALL).apply(model, calib)
+    units = block_units(model, ("image_encoder", "mask_decoder"), calib.images)
+    registered = [n for n, _ in model.named_modules() if n in set(units)]
+    assert sorted(units) == sorted(registered) and units != registered
+    shortcuts = [u for u in units if u.startswith("image_encoder.trunk.") and u.endswith(".proj")]
+    assert shortcuts  # the stage transitions' shortcut projections run before their attention
+    for proj in shortcuts:
+        block = proj[: -len(".proj")]
+        assert units.index(proj) < units.index(f"{block}.attn") < units.index(f"{block}.mlp")
 
 
 def test_eval_dropout_bug_switch(micro_fp, calib):
