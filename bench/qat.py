@@ -37,8 +37,8 @@ every kind moves by about the same fraction per step (Adam's step is about lr wh
 gradient's scale; the papers' single SGD rate does not carry over). Linear warm-up over
 `warmup_frac` of the steps, then cosine decay to 0 (`schedule="cosine"`) or constant;
 gradient-norm clipping (`grad_clip`); `batch_size` samples per step (gradients accumulated),
-drawn in seeded random order without replacement per epoch (`seed`, by default the cell's). CPU, or CUDA with bf16
-autocast (quantizers compute in float32). On CPU, bit-identical for a given seed and thread
+drawn in seeded random order without replacement per epoch (`seed`, by default the cell's).
+CPU, or CUDA with bf16 autocast (quantizers compute in float32). On CPU, bit-identical for a given seed and thread
 count; on CUDA up to the nondeterminism of some kernels (e.g. atomic adds in backward).
 """
 

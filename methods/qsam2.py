@@ -103,6 +103,9 @@ class QSAM2Config(QATConfig):
         a = self.lsc_alpha_init
         if a is not None and (isinstance(a, bool) or not isinstance(a, (int, float)) or a <= 0):
             raise BenchError(f"lsc_alpha_init: expected a positive number or null, got {a!r}")
+        if not self.lsc and not self.train_weights and self.steps > 0:  # known before any work
+            raise BenchError(f"steps: {self.steps} training steps but nothing to train (lsc: false, "
+                             "train_weights: false); use steps: 0")
 
 
 # -- VRC -----------------------------------------------------------------------------------------
@@ -177,7 +180,7 @@ def vrc(model: nn.Module, calib: CalibData | None, cfg: QSAM2Config) -> dict:
     enabled = [q.enabled for q in quantizers]
     input_quantized = {n: layer.aq.active for n, layer in layers.items()}
     device = next(model.parameters()).device
-    solved = {}  # written after every pass, so that each pass sees the FP model
+    solved = {}  # written once all passes are done: every pass sees the FP model
     try:
         for q in quantizers:
             q.enabled = False  # the FP model: X are FP inputs

@@ -15,7 +15,7 @@ from bench.calib import CalibData, read_rgb
 from bench.data.synth import SynthConfig
 from bench.method import method_registry
 from bench.pack import export_packed, load_dequantized
-from bench.qat import build_samples, evaluate_loss, teacher_outputs
+from bench.qat import build_samples, evaluate_loss, teacher_outputs, train
 from bench.quant import QuantSpec, quant_layers
 from bench.quant.fake import FakeQuantizer
 from bench.quant.learned import LearnedQuantizer, LSCQuantizer, LSQQuantizer, PACTQuantizer, RTNWeightQuantizer
@@ -400,9 +400,13 @@ def test_other_qat_methods_train(present_fp, calib, name, options):
 
 
 def test_training_with_nothing_to_train_is_a_one_line_error(present_fp, calib):
-    method = make("qsam2", w_bits=4, a_bits=4, **{**FAST, "steps": 2}, vrc=False, lsc=False, train_weights=False)
-    with pytest.raises(BenchError) as e:
-        method.apply(copy.deepcopy(present_fp), calib)
+    with pytest.raises(BenchError) as e:  # Q-SAM2 knows it from its config, before any work
+        make("qsam2", w_bits=4, a_bits=4, **{**FAST, "steps": 2}, vrc=False, lsc=False, train_weights=False)
+    assert str(e.value).startswith("steps: 2 training steps but nothing to train") and "\n" not in str(e.value)
+    cfg = make("lsq", w_bits=4, a_bits=4, **{**FAST, "steps": 2}, train_weights=False).config
+    samples = build_samples(calib, 256, 3)
+    with pytest.raises(BenchError) as e:  # a model without learned quantizers: the loop itself refuses
+        train(copy.deepcopy(present_fp), samples, teacher_outputs(present_fp, samples), cfg)
     assert str(e.value).startswith("steps: 2 training steps but nothing to train") and "\n" not in str(e.value)
 
 
