@@ -1,6 +1,9 @@
 """Train the built-in `micro` SAM2 on the synthetic train stream.
 
     python -m bench.train_micro --out bench/assets/sam2_micro.pt [--steps 9000] [--seed 0]
+        [--processes 2] [--half]
+
+(the shipped checkpoint's meta holds its exact command).
 
 The same SAM2 architecture and forward code as the official models (`SAM2Base.track_step`);
 the recipe is a small version of SAM2's own training:
@@ -14,10 +17,16 @@ the recipe is a small version of SAM2's own training:
     focal loss drove this model to empty masks in our runs. On the best mask of a multimask
     output; L1 between predicted and true IoU (1); object-presence BCE (1); mask terms only
     where the object is present;
-  - AdamW, linear warm-up then cosine decay, gradient clipping.
+  - AdamW, linear warm-up then cosine decay, gradient clipping;
+  - `--processes N`: N data-parallel processes (torch.distributed, gloo), one sample each per
+    step, gradients averaged (a batch of N). Every process takes a step of the same kind, so
+    none waits on a longer one. On a 2-core CPU, 2 processes of 1 thread train twice the
+    samples of one process in the same time (one process with 2 threads is slower than with
+    1: this model's operations are too small to split).
 Data are drawn on the fly from the generator's train stream (`bench.data.synth`, a seed
 stream disjoint from val), so no file is read. The checkpoint is saved as {"model": state dict}
-with the command, seed, data version and final training loss in "meta".
+(float16 with `--half`) with the command, seed, data version, minutes and final training loss
+in "meta".
 """
 
 from __future__ import annotations
@@ -236,44 +245,117 @@ def lr_at(step: int, steps: int, base: float, warmup: int) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
-def train(args: argparse.Namespace) -> dict:
+def _sync_grads(model: nn.Module, loss: torch.Tensor | None) -> tuple[float, int]:
+    """Average the gradients over the data-parallel processes (a rank whose sample had nothing
+    to learn contributes none) and return (mean loss, contributing ranks)."""
+    import torch.distributed as dist
+
+    params = list(model.parameters())
+    flat = torch.cat([torch.zeros(2)] + [p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel())
+                                         for p in params])
+    if loss is not None:
+        flat[0], flat[1] = loss.item(), 1.0
+    dist.all_reduce(flat)
+    n = int(flat[1].item())
+    if n:
+        flat[2:] /= n
+        offset = 2
+        for p in params:
+            p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
+            offset += p.numel()
+    return flat[0].item() / max(n, 1), n
+
+
+def train(args: argparse.Namespace, rank: int = 0, world: int = 1) -> dict:
+    """Train on one process (`world` 1) or as rank `rank` of `world` data-parallel processes:
+    every rank takes a step of the same kind (image or video, so no rank waits on a longer
+    one) on its own samples, and the gradients are averaged before each optimizer step."""
     torch.manual_seed(args.seed)
     random.seed(args.seed)
-    rng = np.random.default_rng(args.seed)
+    kinds = np.random.default_rng(args.seed)  # step kinds: the same on every rank
+    rng = np.random.default_rng([args.seed, rank]) if world > 1 else kinds  # samples: per rank
     model = build_model("micro", random_init=True, device="cpu", seed=args.seed)
     if args.init is not None:  # continue from an earlier checkpoint of this script
         from bench.models import load_state
 
         model.load_state_dict(load_state(args.init, "a micro checkpoint written by bench.train_micro"))
+    if world > 1:
+        torch.manual_seed(args.seed * 1000 + rank)  # dropout differs per rank, the weights do not
     model.train()
     cfg = replace(synth.SynthConfig(seed=args.data_seed), frames=16)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
     ema = None
     t0 = time.time()
-    bar = tqdm(range(args.steps), desc="train micro", file=sys.stderr, mininterval=5)
+    bar = tqdm(range(args.steps), desc="train micro", file=sys.stderr, mininterval=5, disable=rank != 0)
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
-        if step >= args.image_steps and rng.uniform() < args.video_fraction:
+        opt.zero_grad(set_to_none=True)
+        if step >= args.image_steps and kinds.uniform() < args.video_fraction:
             frames, labels, k = sample_clip(cfg, int(rng.integers(1 << 30)), args.clip_frames, rng)
             loss = video_loss(model, frames, labels, k, args.mask_loss) if k else None
         else:
             image, labels = synth.still(cfg, "train", int(rng.integers(1 << 30)))
             k = int(labels.max())  # every object of a still is visible (synth.scene)
             loss = image_loss(model, image, labels, k, rng, prompts=args.prompts, kind=args.mask_loss)
-        if loss is None:
+        if loss is not None:
+            loss.backward()
+        if world > 1:
+            value, n = _sync_grads(model, loss)
+        else:
+            value, n = (0.0, 0) if loss is None else (loss.item(), 1)
+        if not n:
             continue
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
         opt.step()
-        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        ema = value if ema is None else 0.98 * ema + 0.02 * value
         bar.set_postfix(loss=f"{ema:.3f}", refresh=False)
-        if args.eval_every and (step + 1) % args.eval_every == 0:
+        if rank == 0 and args.eval_every and (step + 1) % args.eval_every == 0:
             tqdm.write(f"step {step + 1}: loss {ema:.4f} " + " ".join(
                 f"{k} {v:.1f}" for k, v in quick_val(model, replace(cfg, frames=16)).items()), file=sys.stderr)
     model.eval()
+    if world > 1:  # every rank took the same optimizer steps from the same weights
+        import torch.distributed as dist
+
+        sums = torch.stack([p.detach().double().sum() for p in model.parameters()])
+        first = sums.clone()
+        dist.broadcast(first, 0)
+        if not torch.equal(sums, first):
+            raise RuntimeError(f"data-parallel rank {rank} ended with other weights than rank 0")
     return {"model": model, "final_loss": ema, "minutes": (time.time() - t0) / 60, "data": asdict(cfg)}
+
+
+def _worker(rank: int, args: argparse.Namespace, init_file: str, command: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(args.threads)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=args.processes)
+    try:
+        result = train(args, rank, args.processes)
+        if rank == 0:
+            save(args, command, result)
+    finally:
+        dist.destroy_process_group()
+
+
+def save(args: argparse.Namespace, command: str, result: dict) -> None:
+    meta = {
+        "command": command,
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "data_version": synth.VERSION, "data": result["data"],
+        "final_loss": result["final_loss"], "train_minutes": round(result["minutes"], 1),
+        "torch": str(torch.__version__),
+    }
+    if args.half:
+        meta["storage"] = "float16 (trained in float32, stored at half precision to keep the file small)"
+    state = {k: (v.half() if args.half and v.is_floating_point() else v).detach().cpu().contiguous()
+             for k, v in result["model"].state_dict().items()}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".tmp")
+    torch.save({"model": state, "meta": meta}, tmp)
+    tmp.replace(args.out)
+    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB) after {meta['train_minutes']} min, "
+          f"final loss {meta['final_loss']:.4f}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -295,25 +377,25 @@ def main(argv: list[str] | None = None) -> None:
                    help="mask loss with dice: bce (default) or SAM2's focal x20")
     p.add_argument("--eval-every", type=int, default=0, help="quick val figures every N steps (0: off)")
     p.add_argument("--threads", type=int, default=1,
-                   help="torch threads (default 1: faster than 2 for this small model on CPU)")
+                   help="torch threads per process (default 1: faster than 2 for this small model on CPU)")
+    p.add_argument("--half", action="store_true", help="store the weights at float16 (half the file size)")
+    p.add_argument("--processes", type=int, default=1,
+                   help="data-parallel processes (default 1); each takes its own sample per step and the "
+                        "gradients are averaged, so N processes on N cores train N samples per step")
     args = p.parse_args(argv)
-    if args.threads:
+    if args.processes < 1 or args.threads < 1:
+        raise SystemExit("error: --processes and --threads must be >= 1")
+    command = "python -m bench.train_micro " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.processes == 1:
         torch.set_num_threads(args.threads)
-    result = train(args)
-    meta = {
-        "command": "python -m bench.train_micro " + " ".join(sys.argv[1:] if argv is None else argv),
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "data_version": synth.VERSION, "data": result["data"],
-        "final_loss": result["final_loss"], "train_minutes": round(result["minutes"], 1),
-        "torch": str(torch.__version__),
-    }
-    state = {k: v.detach().cpu().contiguous() for k, v in result["model"].state_dict().items()}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    torch.save({"model": state, "meta": meta}, tmp)
-    tmp.replace(args.out)
-    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB) after {meta['train_minutes']} min, "
-          f"final loss {meta['final_loss']:.4f}")
+        save(args, command, train(args))
+        return
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(_worker, args=(args, str(Path(tmp) / "init"), command), nprocs=args.processes)
 
 
 if __name__ == "__main__":

@@ -5,18 +5,23 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from bench import train_micro
 from bench.models import build_model, load_state
 
 
-def test_few_steps_write_a_loadable_checkpoint(tmp_path):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_few_steps_write_a_loadable_checkpoint(tmp_path, processes):
     out = tmp_path / "micro.pt"
-    train_micro.main(["--out", str(out), "--steps", "4", "--warmup", "1", "--clip-frames", "3", "--seed", "3"])
+    train_micro.main(["--out", str(out), "--steps", "4", "--warmup", "1", "--clip-frames", "3", "--seed", "3",
+                      "--processes", str(processes), "--half"])
     ckpt = torch.load(out, weights_only=True)
     meta = ckpt["meta"]
     assert meta["args"]["seed"] == 3 and meta["data_version"] >= 1 and "--steps 4" in meta["command"]
+    assert meta["args"]["processes"] == processes and "float16" in meta["storage"]
+    assert ckpt["model"]["sam_mask_decoder.iou_token.weight"].dtype == torch.float16
     assert math.isfinite(meta["final_loss"])
     fresh = build_model("micro", random_init=True, device="cpu", seed=3)
     state = load_state(out, "micro")
@@ -24,3 +29,37 @@ def test_few_steps_write_a_loadable_checkpoint(tmp_path):
     changed = [k for k, v in state.items() if v.is_floating_point() and not torch.equal(v, fresh.state_dict()[k])]
     assert len(changed) > 50  # the optimizer moved the weights
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def _sync_worker(rank: int, init_file: str, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        layer = torch.nn.Linear(3, 2)
+        results = []
+        for skip in (None, 1):  # both ranks learn; then rank 1's sample had nothing to learn
+            layer.zero_grad(set_to_none=True)
+            loss = None
+            if rank != skip:
+                loss = (rank + 1) * layer(torch.ones(1, 3)).sum()
+                loss.backward()
+            value, n = train_micro._sync_grads(layer, loss)
+            results.append((value, n, layer.weight.grad.clone(), layer.bias.grad.clone()))
+        torch.save(results, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_data_parallel_gradients_are_the_mean_over_ranks(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_sync_worker, args=(str(tmp_path / "init"), str(tmp_path / "grads")), nprocs=2)
+    for rank in (0, 1):
+        (v0, n0, w0, b0), (v1, n1, w1, b1) = torch.load(tmp_path / f"grads.{rank}", weights_only=True)
+        # d loss / d W = (rank + 1) for every entry: the mean over ranks 1 and 2 is 1.5
+        assert n0 == 2 and torch.equal(w0, torch.full((2, 3), 1.5)) and torch.equal(b0, torch.full((2,), 1.5))
+        # only rank 0 learned: its gradient, not halved by the rank that had none
+        assert n1 == 1 and torch.equal(w1, torch.ones(2, 3)) and torch.equal(b1, torch.ones(2))
+    losses = [torch.load(tmp_path / f"grads.{r}", weights_only=True)[0][0] for r in (0, 1)]
+    assert losses[0] == losses[1]
