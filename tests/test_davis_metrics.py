@@ -433,3 +433,61 @@ def test_read_label_png_errors(tmp_path):
     assert "\n" not in str(e.value) and str(tmp_path / "bad.png") in str(e.value)
     save_png(tmp_path / "gray.png", np.full((4, 5), 3, np.uint8))  # 8-bit grayscale: ids as is
     assert (read_label_png(tmp_path / "gray.png") == 3).all()
+
+
+def test_frames_in_numeric_order_and_stale_links_removed(tmp_path):
+    root, _ = make_set(tmp_path / "d")
+    seq, ann = root / "JPEGImages" / "480p" / "beta", root / "Annotations" / "480p" / "beta"
+    for t in range(4):  # unpadded names: "10" sorts before "2" as text, after it as a number
+        os.rename(seq / f"{t:05d}.jpg", seq / f"{[0, 2, 10, 11][t]}.jpg")
+        os.rename(ann / f"{t:05d}.png", ann / f"{[0, 2, 10, 11][t]}.png")
+    ds = DavisSet(root, split="train")
+    assert ds.frames("beta") == ["0", "2", "10", "11"]
+    links = tmp_path / "links"
+    ds.link_frames("beta", links)
+    ds.link_frames("beta", links, ["0", "2"])  # a reused folder keeps only the selection
+    assert sorted(p.name for p in links.iterdir()) == ["0.jpg", "2.jpg"]
+    assert (links / "2.jpg").resolve() == (seq / "2.jpg").resolve()
+
+
+class FakePredictor:
+    """The VOS calls of SAM2VideoPredictor: records the prompts; every tracked object covers the
+    whole frame (positive logits)."""
+
+    def __init__(self, frames: int, shape: tuple[int, int]):
+        self.frames, self.shape, self.prompted, self.inits = frames, shape, [], 0
+
+    def init_state(self, folder):
+        self.inits += 1
+        return {}
+
+    def add_new_mask(self, state, frame_idx, obj_id, mask):
+        self.prompted.append(obj_id)
+
+    def propagate_in_video(self, state):
+        import torch
+
+        for t in range(self.frames):
+            yield t, list(self.prompted), torch.ones(len(self.prompted), 1, *self.shape)
+
+    def reset_state(self, state):
+        pass
+
+
+@pytest.mark.parametrize("first_ids, prompted", [((2,), [2]), ((), [])])
+def test_vos_prompts_only_the_objects_of_the_first_frame(tmp_path, first_ids, prompted):
+    from bench.tasks.vos import predict_sequence
+
+    root, _ = make_set(tmp_path / "d")
+    first = np.zeros((H, W), np.uint8)
+    for i in first_ids:
+        first[box(30, 40, 40, 50)] = i
+    write_palette_png(root / "Annotations" / "480p" / "alpha" / "00000.png", first)
+    ds = DavisSet(root, sequences=["alpha"])
+    assert ds.object_ids("alpha") == list(range(1, max(first_ids, default=0) + 1))
+    fake = FakePredictor(7, (H, W))
+    n = predict_sequence(fake, ds, "alpha", tmp_path, tmp_path / "pred", write_palette_png)
+    assert n == 7 and fake.prompted == prompted and fake.inits == (1 if prompted else 0)
+    for t in range(7):  # object 1, absent from frame 0, is never predicted
+        assert np.array_equal(read_label_png(tmp_path / "pred" / f"{t:05d}.png"),
+                              np.full((H, W), prompted[0] if prompted else 0, np.uint8))

@@ -32,7 +32,8 @@ def bare_loop(model, ds, folders: dict[str, Path]) -> int:
         first = ds.read_mask(seq, ds.frames(seq)[0])
         state = model.init_state(str(folder))
         for obj_id in ds.object_ids(seq):
-            model.add_new_mask(state, frame_idx=0, obj_id=obj_id, mask=first == obj_id)
+            if (first == obj_id).any():
+                model.add_new_mask(state, frame_idx=0, obj_id=obj_id, mask=first == obj_id)
         for _ in model.propagate_in_video(state):
             frames += 1
         model.reset_state(state)

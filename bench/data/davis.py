@@ -143,6 +143,8 @@ class DavisSet:
         if not folder.is_dir():
             raise BenchError(f"sequence folder not found: {folder} (listed in {self.split_file})")
         frames = sorted(p.stem for p in folder.glob("*.jpg"))
+        if all(f.isdigit() for f in frames):  # sam2's order: by number ("2" before "10")
+            frames.sort(key=int)
         if not frames:
             raise BenchError(f"sequence folder has no .jpg frames: {folder}")
         return frames[: self.max_frames]
@@ -161,7 +163,8 @@ class DavisSet:
 
     # -- access ------------------------------------------------------------------------------
     def frames(self, seq: str) -> list[str]:
-        """Frame names (sorted .jpg stems), the first `max_frames` of them."""
+        """Frame names (.jpg stems, in sam2's order: by number when all are numbers), the first
+        `max_frames` of them."""
         return list(self._frames[seq])
 
     def annotated_frames(self, seq: str) -> list[str]:
@@ -179,9 +182,15 @@ class DavisSet:
 
     def link_frames(self, seq: str, folder: Path, frames: Sequence[str] | None = None) -> Path:
         """A folder of links to the sequence's selected frames (default: `frames(seq)`), named
-        as the originals: sam2's `init_state` reads every JPEG of the folder it is given."""
+        as the originals: sam2's `init_state` reads every JPEG of the folder it is given, so
+        links to other frames (a folder reused with another selection) are removed."""
         folder.mkdir(parents=True, exist_ok=True)
-        for name in self.frames(seq) if frames is None else frames:
+        names = self.frames(seq) if frames is None else list(frames)
+        keep = {f"{name}.jpg" for name in names}
+        for old in folder.glob("*.jpg"):
+            if old.name not in keep:
+                old.unlink()
+        for name in names:
             link = folder / f"{name}.jpg"
             if not link.exists():
                 os.symlink(self.image_path(seq, name).resolve(), link)

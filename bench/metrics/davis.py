@@ -16,7 +16,7 @@ Where we differ (no effect on DAVIS 2017 numbers):
 - An object never predicted in any scored frame is scored as empty; the official code exits
   because the prediction has fewer objects than the GT.
 - Decay bin edges are plain integers; the official code keeps them as uint8, which wraps for
-  objects with 256 or more scored frames (DAVIS has at most 102; MOSE / SA-V can have more).
+  objects with 257 or more scored frames (DAVIS has at most 102; MOSE / SA-V can have more).
 - Sparse annotations (SA-V): the frames scored are those with a GT PNG, less the first and last
   of them (SAM2's `sav_benchmark` rule); on DAVIS every frame has one, so nothing changes.
 - `seg2bmap` has no resize arguments (the evaluator never uses them).

@@ -1,9 +1,12 @@
 """`vos`: semi-supervised video object segmentation, J&F on a DAVIS-2017-layout set.
 
 The official SAM2 protocol (`tools/vos_inference.py`): per sequence, `init_state` on its
-frames, `add_new_mask` on frame 0 for every object of the first GT frame, `propagate_in_video`,
-logits thresholded at 0, post-processing off, one palette PNG per frame (lower object ids
-drawn last, as the official script does). The predictions are then scored by
+frames, `add_new_mask` on frame 0 for every object present in the first GT frame (an id of
+1..N missing there is not tracked, so it is predicted empty, and still scored),
+`propagate_in_video`, logits thresholded at 0, post-processing off, one palette PNG per frame
+(lower object ids drawn last, as the official script does). The model runs in float32 on every
+device (the official script autocasts to bf16 on CUDA): every row of a comparison, FP and
+quantized, is computed in one dtype. The predictions are then scored by
 `bench.metrics.davis.evaluate_vos` exactly as `python -m bench.score vos` scores a folder.
 """
 
@@ -40,10 +43,15 @@ def predict_sequence(model: nn.Module, ds: DavisSet, seq: str, frames_dir: Path,
     the number of frames."""
     names = ds.frames(seq)
     first = ds.read_mask(seq, names[0])
-    state = model.init_state(str(frames_dir))
-    for obj_id in ds.object_ids(seq):
-        model.add_new_mask(state, frame_idx=0, obj_id=obj_id, mask=first == obj_id)
     out_dir.mkdir(parents=True, exist_ok=True)
+    present = [i for i in ds.object_ids(seq) if (first == i).any()]
+    if not present:  # nothing to track (sam2 refuses to propagate without a prompt)
+        for name in names:
+            write(out_dir / f"{name}.png", np.zeros(first.shape, np.uint8))
+        return len(names)
+    state = model.init_state(str(frames_dir))
+    for obj_id in present:
+        model.add_new_mask(state, frame_idx=0, obj_id=obj_id, mask=first == obj_id)
     for idx, obj_ids, logits in model.propagate_in_video(state):
         masks = (logits > 0.0).cpu().numpy()[:, 0]
         write(out_dir / f"{names[idx]}.png", merge(dict(zip(obj_ids, masks)), first.shape))
