@@ -16,8 +16,8 @@ Where the paper is silent or does not fit SAM2 (each a config field or documente
     data's mean |x| (`init="minmax"` starts every quantizer from the RTN range instead);
   - attention probabilities (the paper has no softmax quantizer): `prob_init`, default
     "minmax". The paper's init, made for post-ReLU features, clips softmax probabilities
-    (mean 1/N) to a few times their mean, which on the micro model at W4A4 takes VOS J&F from
-    75 (RTN) to 30 before training; `prob_init: lsq` applies it there too;
+    (mean 1/N) to a few times their mean, which on the micro model at W4A4 took VOS J&F from
+    75 (RTN) to 30 before training (the previous micro checkpoint); `prob_init: lsq` applies it there too;
   - the paper trains from a full-precision model with SGD for many epochs; here AdamW on the
     calibration data against the FP model's outputs, with the shared budget (bench.qat).
 """

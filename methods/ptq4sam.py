@@ -8,10 +8,10 @@ reconstruction, bench/recon.py).
   channel, asymmetric, Lp (p = 2.4) grid-searched ranges (100 candidates x every zero point);
   activations per tensor, asymmetric, averaged min/max over the calibration calls
   (bench/quant/observers.py); the quantized attention's q, k, v and probabilities too.
-  Averaged min/max ranges clip every call whose range exceeds the average; on the micro
-  model that costs more than it saves (instseg mIoU, smoke budget: W8A8 71.5 vs 73.0 with
-  `act_observer: minmax`, W4A4 68.9 vs 69.8; RTN W8A8 74.2), so the protocol's observers,
-  the default here, lose to RTN at 8 bits there.
+  Averaged min/max ranges clip every call whose range exceeds the average; on the previous
+  micro checkpoint that cost more than it saved (instseg mIoU, smoke budget: W8A8 71.5 vs
+  73.0 with `act_observer: minmax`, W4A4 68.9 vs 69.8; RTN W8A8 74.2), so the protocol's
+  observers, the default here, lost to RTN at 8 bits there.
 - BIG: in the mask decoder's token-to-image cross-attentions (both layers'
   `cross_attn_token_to_image` and `final_attn_token_to_image`), the k_proj outputs of the
   first calibration image (first batch element) are tested for bimodality: Gaussian KDE on a

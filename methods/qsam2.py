@@ -27,8 +27,8 @@ VRC changes only the image encoder's weights; activation ranges are calibrated b
 the model before the re-fit (VRC keeps the outputs close to the FP ones); every layer's X is
 gathered before any weight is written (the passes all see the FP model); weight quantizers
 are (re)initialized from the re-fitted weights, whose own quantization the fit does not see
-(on the micro model VRC alone beats RTN at W4A4 but not at W2A4, where `vrc_ridge` 1e-2
-does). `vrc: true, lsc: false, steps: 0` is VRC as post-training calibration.
+(on the previous micro checkpoint VRC alone beat RTN at W4A4 but not at W2A4, where
+`vrc_ridge` 1e-2 did). `vrc: true, lsc: false, steps: 0` is VRC as post-training calibration.
 
 LSC, Learnable Statistical Clipping (`lsc`): every quantizer (weights per output channel,
 activations per tensor, attention q/k/v/probabilities) becomes an `LSCQuantizer`
