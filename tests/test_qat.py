@@ -15,7 +15,7 @@ from bench.calib import CalibData, read_rgb
 from bench.data.synth import SynthConfig
 from bench.method import method_registry
 from bench.pack import export_packed, load_dequantized
-from bench.qat import build_samples, evaluate_loss, teacher_outputs, train
+from bench.qat import ClipSample, ImageSample, build_samples, evaluate_loss, sample_order, teacher_outputs, train
 from bench.quant import QuantSpec, quant_layers
 from bench.quant.fake import FakeQuantizer
 from bench.quant.learned import LearnedQuantizer, LSCQuantizer, LSQQuantizer, PACTQuantizer, RTNWeightQuantizer
@@ -418,7 +418,8 @@ def test_config_errors_are_one_line_and_name_the_field():
         ("lsq", {"warmup_frac": 1.0}, "warmup_frac"), ("pact", {"alpha_l2": -1}, "alpha_l2"),
         ("pact", {"signed_clip": "wide"}, "signed_clip"),
         ("qsam2", {"vrc_bias": "drop"}, "vrc_bias"), ("qsam2", {"lsc_momentum": 1.5}, "lsc_momentum"),
-        ("qsam2", {"vrc": "yes"}, "vrc"),
+        ("qsam2", {"vrc": "yes"}, "vrc"), ("lsq", {"video_share": 1.5}, "video_share"),
+        ("pact", {"video_share": -0.1}, "video_share"), ("qsam2", {"video_share": "half"}, "video_share"),
     ]
     for name, opts, field in cases:
         with pytest.raises(BenchError) as e:
@@ -428,3 +429,22 @@ def test_config_errors_are_one_line_and_name_the_field():
     assert make("qsam2", w_bits=2, a_bits=4, lsc=False, steps=0).variant == "vrc-only"
     assert make("qsam2", w_bits=2, a_bits=4, vrc=False).variant == "lsc-only"
     assert make("pact", w_bits=2, a_bits=4, signed_clip="two_sided").variant == "two-sided"
+
+
+def test_sample_order_mixes_images_and_video_windows_as_asked():
+    img, clip = ImageSample(None, None, None), ClipSample(None, None, None)
+    samples = [img] * 6 + [clip] * 2  # indices 0-5 images, 6-7 video windows
+    take = lambda order, n: [next(order) for _ in range(n)]  # noqa: E731
+    # no share: whole permutations one after another, as the loop always drew them
+    gen = torch.Generator().manual_seed(3)
+    expected = [i for _ in range(5) for i in torch.randperm(8, generator=gen).tolist()]
+    assert take(sample_order(samples, None, torch.Generator().manual_seed(3)), 40) == expected
+    # a share: that fraction of video draws; each kind cycles through all of its samples
+    drawn = take(sample_order(samples, 0.5, torch.Generator().manual_seed(0)), 4000)
+    videos = [i for i in drawn if i >= 6]
+    assert 0.46 < len(videos) / len(drawn) < 0.54
+    images = [i for i in drawn if i < 6]
+    assert all(sorted(images[k : k + 6]) == list(range(6)) for k in range(0, len(images) - 5, 6))
+    assert all(sorted(videos[k : k + 2]) == [6, 7] for k in range(0, len(videos) - 1, 2))
+    assert set(take(sample_order(samples, 0.0, torch.Generator()), 50)) == set(range(6))
+    assert set(take(sample_order(samples[:6], 1.0, torch.Generator()), 20)) == set(range(6))  # no video: images
