@@ -15,7 +15,7 @@ Choices where the paper does not fit SAM2 (documented here and in the quantizer)
     second learned level beta for the negative side, clip(x, -beta, alpha) on asymmetric
     levels, with the same PACT gradients and L2 penalty on beta. The symmetric clip spends
     half the levels on the short negative side of GELU and LayerNorm outputs: on the micro
-    model at W4A4, before training, J&F / mIoU 74.0 / 64.4 against RTN's 77.6 / 66.6, while
+    model at W4A4, before training, J&F / mIoU 70.6 / 70.7 against RTN's 78.3 / 73.1, while
     the two-sided clip starts exactly at RTN (sweeps/qat-micro.yaml has both as rows);
   - alpha starts at max|x| over the calibration data (the RTN range) unless `alpha_init` is
     given (the paper's alpha = 10 assumes post-ReLU activations of another scale);
