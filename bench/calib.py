@@ -133,12 +133,12 @@ def run_images(model: nn.Module, images: list[CalibImage]) -> None:
 def run_clips(model: nn.Module, clips: list[CalibClip]) -> None:
     """The VOS path on each clip: first-frame masks of every object, then propagation."""
     for clip in progress(clips, "calibration clips"):
-        if not any(m.any() for m in clip.masks.values()):
+        present = {i: m for i, m in clip.masks.items() if m.any()}  # as the vos task prompts
+        if not present:
             continue  # no object in frame 0: nothing to propagate
         state = model.init_state(str(clip.frames_dir))
-        for obj_id, mask in clip.masks.items():
-            if mask.any():  # as the vos task: objects absent from frame 0 are not tracked
-                model.add_new_mask(state, frame_idx=0, obj_id=obj_id, mask=mask)
+        for obj_id, mask in present.items():
+            model.add_new_mask(state, frame_idx=0, obj_id=obj_id, mask=mask)
         for _ in model.propagate_in_video(state):
             pass
 
