@@ -30,7 +30,7 @@ class CalibImage:
 @dataclass
 class CalibClip:
     frames_dir: Path  # a folder of <frame>.jpg, as sam2's video predictor reads them
-    masks: dict[int, np.ndarray]  # object id -> H x W bool mask on the first frame
+    masks: dict[int, np.ndarray]  # object id -> H x W bool mask on the first frame (present objects)
     labels: list[np.ndarray] | None = None  # per-frame GT label maps (H x W, object ids), when known
 
 
@@ -99,11 +99,10 @@ def davis_clips(root: str, n: int, links: Path) -> list[CalibClip]:
         names = ds.frames(seq)[:left]
         if len(names) < 2:
             break
-        first = ds.read_mask(seq, names[0])
         folder = ds.link_frames(seq, links / seq, names)
         annotated = set(ds.annotated_frames(seq))
         labels = [ds.read_mask(seq, f) for f in names] if annotated.issuperset(names) else None
-        clips.append(CalibClip(folder, {i: first == i for i in ds.object_ids(seq)}, labels))
+        clips.append(CalibClip(folder, ds.first_masks(seq), labels))
         left -= len(names)
         if left <= 0:
             break
@@ -133,11 +132,10 @@ def run_images(model: nn.Module, images: list[CalibImage]) -> None:
 def run_clips(model: nn.Module, clips: list[CalibClip]) -> None:
     """The VOS path on each clip: first-frame masks of every object, then propagation."""
     for clip in progress(clips, "calibration clips"):
-        present = {i: m for i, m in clip.masks.items() if m.any()}  # as the vos task prompts
-        if not present:
+        if not clip.masks:
             continue  # no object in frame 0: nothing to propagate
         state = model.init_state(str(clip.frames_dir))
-        for obj_id, mask in present.items():
+        for obj_id, mask in clip.masks.items():
             model.add_new_mask(state, frame_idx=0, obj_id=obj_id, mask=mask)
         for _ in model.propagate_in_video(state):
             pass

@@ -29,11 +29,9 @@ from bench.tasks import TaskContext, vos
 def bare_loop(model, ds, folders: dict[str, Path]) -> int:
     frames = 0
     for seq, folder in folders.items():
-        first = ds.read_mask(seq, ds.frames(seq)[0])
         state = model.init_state(str(folder))
-        for obj_id in ds.object_ids(seq):
-            if (first == obj_id).any():
-                model.add_new_mask(state, frame_idx=0, obj_id=obj_id, mask=first == obj_id)
+        for obj_id, mask in ds.first_masks(seq).items():
+            model.add_new_mask(state, frame_idx=0, obj_id=obj_id, mask=mask)
         for _ in model.propagate_in_video(state):
             frames += 1
         model.reset_state(state)

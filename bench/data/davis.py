@@ -196,6 +196,13 @@ class DavisSet:
                 os.symlink(self.image_path(seq, name).resolve(), link)
         return folder
 
+    def first_masks(self, seq: str) -> dict[int, np.ndarray]:
+        """The objects of `object_ids` present in the first frame, with their masks there: the
+        prompts of the official protocol (an id absent from frame 0 is not tracked)."""
+        first = self.read_mask(seq, self._frames[seq][0])
+        masks = {i: first == i for i in self.object_ids(seq)}
+        return {i: m for i, m in masks.items() if m.any()}
+
     def object_ids(self, seq: str) -> list[int]:
         """1..N, N = the largest id in the first ground-truth frame (void counts as 0): the DAVIS
         semi-supervised rule, so objects that appear later are not tracked or scored."""

@@ -42,19 +42,20 @@ def predict_sequence(model: nn.Module, ds: DavisSet, seq: str, frames_dir: Path,
     """Predict one sequence; `write(path, labels)` saves each frame's palette PNG. Returns
     the number of frames."""
     names = ds.frames(seq)
-    first = ds.read_mask(seq, names[0])
     out_dir.mkdir(parents=True, exist_ok=True)
-    present = [i for i in ds.object_ids(seq) if (first == i).any()]
-    if not present:  # nothing to track (sam2 refuses to propagate without a prompt)
+    prompts = ds.first_masks(seq)
+    if not prompts:  # nothing to track (sam2 refuses to propagate without a prompt)
+        shape = ds.read_mask(seq, names[0]).shape
         for name in names:
-            write(out_dir / f"{name}.png", np.zeros(first.shape, np.uint8))
+            write(out_dir / f"{name}.png", np.zeros(shape, np.uint8))
         return len(names)
+    shape = next(iter(prompts.values())).shape
     state = model.init_state(str(frames_dir))
-    for obj_id in present:
-        model.add_new_mask(state, frame_idx=0, obj_id=obj_id, mask=first == obj_id)
+    for obj_id, mask in prompts.items():
+        model.add_new_mask(state, frame_idx=0, obj_id=obj_id, mask=mask)
     for idx, obj_ids, logits in model.propagate_in_video(state):
         masks = (logits > 0.0).cpu().numpy()[:, 0]
-        write(out_dir / f"{names[idx]}.png", merge(dict(zip(obj_ids, masks)), first.shape))
+        write(out_dir / f"{names[idx]}.png", merge(dict(zip(obj_ids, masks)), shape))
     model.reset_state(state)
     return len(names)
 
