@@ -253,7 +253,11 @@ def train(
     `loss_fn(output, image index)` (default: `lp_loss` against the FP output) plus the
     rounding regularizer, finish. `forward(call, image index)` runs the unit (default:
     unit(*args, **kwargs)).
-    Returns the first and last reconstruction loss (without the regularizer)."""
+    Returns the reconstruction loss (without the regularizer) of the first and last iteration
+    (`first_loss`, `last_loss`: soft rounding, QDrop on), the share of AdaRound weights still
+    between the two rounding choices before hard rounding (`undecided`; high when the budget
+    is too short for the regularizer to settle them), and `final_loss`: the mean over all
+    images after `finish` (hard rounding, QDrop off), the state that is evaluated."""
     iters = s.iters if iters is None else iters
     if iters <= 0 or not q_calls:
         return {}
@@ -287,8 +291,13 @@ def train(
                     p.abs_().clamp_(min=torch.finfo(torch.float32).eps)
             last = float(rec.detach())
             first = last if t == 1 else first
-    finish(st, s)
-    return {"first_loss": first, "last_loss": last}
+    with torch.no_grad():
+        hs = [ada.h() for _, ada in st.adaround]
+        soft = sum(int(((h > 0) & (h < 1)).sum()) for h in hs)
+        undecided = soft / max(1, sum(h.numel() for h in hs))
+        finish(st, s)
+        final = sum(float(loss_fn(forward(Call(q_calls[i].args, q_calls[i].kwargs), i), i)) for i in range(n)) / n
+    return {"first_loss": first, "last_loss": last, "final_loss": final, "undecided": undecided}
 
 
 @torch.no_grad()

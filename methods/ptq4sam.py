@@ -311,16 +311,22 @@ class PTQ4SAM(Method):
     def reconstruct(self, model: nn.Module, fp_model: nn.Module, images: list[CalibImage]) -> dict:
         """Block reconstruction of every unit (PTQ4SAM-L)."""
         s = self.config.recon_settings()
-        losses = {}
+        results = {}
         for name in progress(block_units(model, self.config.recon_components, images), "reconstruction"):
-            losses[name] = reconstruct_block(model, fp_model, name, images, s)
-        return {"units": len(losses), "last_loss": losses}
+            results[name] = reconstruct_block(model, fp_model, name, images, s)
+        return recon_info(results)
+
+
+def recon_info(results: dict[str, dict[str, float]]) -> dict:
+    """The method's `info["recon"]`: per unit, `bench.recon.train`'s figures (one map each)."""
+    keys = ("last_loss", "final_loss", "undecided")
+    return {"units": len(results), **{k: {u: r.get(k) for u, r in results.items()} for k in keys}}
 
 
 def reconstruct_block(model: nn.Module, fp_model: nn.Module, name: str, images: list[CalibImage],
-                      s: ReconSettings, iters: int | None = None) -> float | None:
+                      s: ReconSettings, iters: int | None = None) -> dict[str, float]:
     """Capture a unit's quantized and FP calls on the images and reconstruct it."""
     unit = model.get_submodule(name)
     q_calls = capture(model, unit, images)
     fp_calls = capture(fp_model, fp_model.get_submodule(name), images, outputs=True)
-    return train(unit, q_calls, fp_calls, s, iters=iters).get("last_loss")
+    return train(unit, q_calls, fp_calls, s, iters=iters)

@@ -53,7 +53,7 @@ from bench.calib import CalibData, CalibImage
 from bench.quant import quant_attentions
 from bench.quant.fake import FakeQuantizer
 from bench.recon import Call, ReconSettings, Stop, capture, detach, lp_loss, run_image_path, train
-from methods.ptq4sam import PTQ4SAM, PTQ4SAMConfig, block_units, check, is_number, reconstruct_block
+from methods.ptq4sam import PTQ4SAM, PTQ4SAMConfig, block_units, check, is_number, reconstruct_block, recon_info
 
 PCC_PERCENTILES = (
     0.85, 0.87, 0.88, 0.89, 0.90, 0.91, 0.92, 0.93, 0.94, 0.95, 0.960, 0.965, 0.970, 0.975, 0.980,
@@ -325,21 +325,21 @@ class SAQSAM(PTQ4SAM):
     def reconstruct(self, model: nn.Module, fp_model: nn.Module, images: list[CalibImage]) -> dict:
         cfg, s = self.config, self.config.recon_settings()
         par = PARContext(fp_model, images) if cfg.par else None
-        losses = {}
+        results = {}
         for kind, unit in progress(saq_units(model, cfg, images), "reconstruction"):
             if kind == "stage":
                 key = f"{TRUNK}{unit.start}-{unit.stop - 1}"
-                losses[key] = reconstruct_stage(model, fp_model, unit, images, s, par)
+                results[key] = reconstruct_stage(model, fp_model, unit, images, s, par)
             elif kind == "layer":
-                losses[unit] = reconstruct_layer(model, fp_model, unit, images, s, par, cfg.par_alpha, cfg.par_beta)
+                results[unit] = reconstruct_layer(model, fp_model, unit, images, s, par, cfg.par_alpha, cfg.par_beta)
             else:
                 scale = cfg.final_iters_scale if kind == "final" else 1.0
-                losses[unit] = reconstruct_block(model, fp_model, unit, images, s, round(s.iters * scale))
-        return {"units": len(losses), "last_loss": losses}
+                results[unit] = reconstruct_block(model, fp_model, unit, images, s, round(s.iters * scale))
+        return recon_info(results)
 
 
 def reconstruct_stage(model: nn.Module, fp_model: nn.Module, stage: range, images: list[CalibImage],
-                      s: ReconSettings, par: PARContext) -> float | None:
+                      s: ReconSettings, par: PARContext) -> dict[str, float]:
     """PAR on one encoder stage: the loss is on the FP transformer's image tokens only."""
     q_trunk, fp_trunk = model.image_encoder.trunk, fp_model.image_encoder.trunk
     q_calls = capture(model, q_trunk.blocks[stage.start], images)
@@ -352,11 +352,11 @@ def reconstruct_stage(model: nn.Module, fp_model: nn.Module, stage: range, image
     def loss(keys: torch.Tensor, i: int) -> torch.Tensor:
         return lp_loss(keys, par.targets[i][1], 2.0, dim=-1)
 
-    return train(unit, q_calls, fp_calls, s, loss, forward).get("last_loss")
+    return train(unit, q_calls, fp_calls, s, loss, forward)
 
 
 def reconstruct_layer(model: nn.Module, fp_model: nn.Module, name: str, images: list[CalibImage],
-                      s: ReconSettings, par: PARContext, alpha: float, beta: float) -> float | None:
+                      s: ReconSettings, par: PARContext, alpha: float, beta: float) -> dict[str, float]:
     """A two-way transformer layer: beta * (0.01 |q_hat - q|^2 + |k_hat - k|^2) + alpha * PAR."""
     unit = model.get_submodule(name)
     q_calls = capture(model, unit, images)
@@ -373,5 +373,5 @@ def reconstruct_layer(model: nn.Module, fp_model: nn.Module, name: str, images: 
         hs = transformer_out(model.sam_mask_decoder, q_dec[i].kwargs)[0]
         return beta * rec + alpha * lp_loss(hs, hs_fp[i], 2.0, -1)
 
-    return train(unit, q_calls, fp_calls, s, loss).get("last_loss")
+    return train(unit, q_calls, fp_calls, s, loss)
 

@@ -150,9 +150,12 @@ def test_reconstruction_reduces_a_blocks_error(micro_fp, calib):
         fp_calls = capture(trained, trained.get_submodule(name), calib.images, outputs=True)
         before = unit_error(unit, q_calls, fp_calls)
         with frozen_params(model, trained):
-            train(unit, q_calls, fp_calls, ReconSettings(iters=300))
+            result = train(unit, q_calls, fp_calls, ReconSettings(iters=300))
         after = unit_error(unit, q_calls, fp_calls)
         assert after < 0.9 * before, (name, before, after)
+        # the reported final loss is the evaluated state's (hard rounding, QDrop off)
+        assert result["final_loss"] == pytest.approx(after, rel=1e-5)
+        assert 0 < result["undecided"] < 1  # 300 iterations leave part of the rounding soft
         assert all(q.active and getattr(q, "drop_prob", 1.0) == 1.0 for q in unit.modules() if hasattr(q, "spec")
                    and q.spec is not None)
     # the prompt-aware path of every FP stage reproduces the FP transformer's image tokens (the
