@@ -53,7 +53,7 @@ from bench.calib import CalibData, CalibImage
 from bench.quant import quant_attentions
 from bench.quant.fake import FakeQuantizer
 from bench.recon import Call, ReconSettings, Stop, capture, detach, lp_loss, run_image_path, train
-from methods.ptq4sam import PTQ4SAM, PTQ4SAMConfig, block_units, check, is_number, reconstruct_block, recon_info
+from methods.ptq4sam import PTQ4SAM, PTQ4SAMConfig, block_units, check, is_number, recon_info, reconstruct_block
 
 PCC_PERCENTILES = (
     0.85, 0.87, 0.88, 0.89, 0.90, 0.91, 0.92, 0.93, 0.94, 0.95, 0.960, 0.965, 0.970, 0.975, 0.980,
