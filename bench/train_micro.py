@@ -390,12 +390,25 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
         save(args, command, train(args))
         return
+    import signal
     import tempfile
 
     import torch.multiprocessing as mp
 
+    # stopping this process (SIGTERM, Ctrl-C) stops the workers too: they would otherwise
+    # train on, and rank 0 would still write the checkpoint
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_worker, args=(args, str(Path(tmp) / "init"), command), nprocs=args.processes)
+        workers = mp.start_processes(_worker, args=(args, str(Path(tmp) / "init"), command),
+                                     nprocs=args.processes, join=False, start_method="spawn")
+        try:
+            while not workers.join():
+                pass
+        finally:
+            for w in workers.processes:
+                if w.is_alive():
+                    w.terminate()
+                w.join()
 
 
 if __name__ == "__main__":

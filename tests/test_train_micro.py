@@ -4,12 +4,20 @@ its provenance."""
 from __future__ import annotations
 
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from bench import train_micro
 from bench.models import build_model, load_state
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("processes", [1, 2])
@@ -63,3 +71,52 @@ def test_data_parallel_gradients_are_the_mean_over_ranks(tmp_path):
         assert n1 == 1 and torch.equal(w1, torch.ones(2, 3)) and torch.equal(b1, torch.ones(2))
     losses = [torch.load(tmp_path / f"grads.{r}", weights_only=True)[0][0] for r in (0, 1)]
     assert losses[0] == losses[1]
+
+
+def _children(pid: int) -> list[int]:
+    """Live child processes of `pid` (from /proc; zombies excluded)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_stopping_a_data_parallel_run_stops_its_workers(tmp_path):
+    """SIGTERM to the command ends its worker processes and writes no checkpoint."""
+    out = tmp_path / "m.pt"
+    proc = subprocess.Popen([sys.executable, "-m", "bench.train_micro", "--out", str(out), "--steps", "100000",
+                             "--processes", "2"], cwd=REPO, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    children: list[int] = []
+    try:
+        deadline = time.time() + 120
+        while len(_children(proc.pid)) < 2 and time.time() < deadline:
+            time.sleep(0.5)
+        children = _children(proc.pid)
+        assert len(children) >= 2, "the workers did not start"
+        time.sleep(5)  # inside training
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+        deadline = time.time() + 10
+        while any(_alive(c) for c in children) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not [c for c in children if _alive(c)], "a worker is still running"
+        assert not out.exists() and not out.with_suffix(".tmp").exists()
+    finally:  # on failure, leave nothing running
+        for pid in set(children + _children(proc.pid)) | ({proc.pid} if proc.poll() is None else set()):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
