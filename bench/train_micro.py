@@ -10,8 +10,9 @@ the recipe is a small version of SAM2's own training:
   - video steps: a clip of `--clip-frames` frames; frame 0 gets every object's GT mask as a
     mask prompt (as VOS evaluation does), the other frames are tracked from memory; losses on
     the tracked frames;
-  - image steps: one still, each object prompted by a jittered GT box (single mask) and by one
-    positive click (three masks, the loss on the best, as SAM trains ambiguity);
+  - image steps: one still, each object prompted by `--prompts` jittered GT boxes (single mask)
+    and by `--clicks` single positive clicks (three masks, the loss on the best, as SAM trains
+    ambiguity); a still is not encoded into memory (nothing reads it);
   - losses: SAM2's, except that the mask term is BCE (1) + dice (1) by default instead of
     focal (20) + dice (1) (`--mask-loss focal` for SAM2's): from random initialization the
     focal loss drove this model to empty masks in our runs. On the best mask of a multimask
@@ -74,9 +75,12 @@ def features(model: nn.Module, x: torch.Tensor):
     return feats, pos, sizes
 
 
-def track(model, t, init, feats, pos, sizes, k, output_dict, num_frames, point_inputs=None, mask_inputs=None):
+def track(model, t, init, feats, pos, sizes, k, output_dict, num_frames, point_inputs=None, mask_inputs=None,
+          memory: bool = True):
     """`SAM2Base.track_step` for frame t of a batch of k objects, also returning the SAM head
-    outputs (all masks of a multimask output, IoU predictions, object-score logits)."""
+    outputs (all masks of a multimask output, IoU predictions, object-score logits).
+    `memory` False skips encoding the frame into memory where no later frame reads it (a
+    still, a clip's last frame): the losses and gradients are the same, the step is faster."""
     feats_t = [f[:, t : t + 1].expand(-1, k, -1) for f in feats]
     pos_t = [p[:, t : t + 1].expand(-1, k, -1) for p in pos]
     current, sam_out, _, _ = model._track_step(
@@ -85,7 +89,7 @@ def track(model, t, init, feats, pos, sizes, k, output_dict, num_frames, point_i
     )
     multi_logits, _, ious, low, high, obj_ptr, obj_logits = sam_out
     current.update(pred_masks=low, pred_masks_high_res=high, obj_ptr=obj_ptr)
-    model._encode_memory_in_output(feats_t, sizes, point_inputs, True, high, obj_logits, current)
+    model._encode_memory_in_output(feats_t, sizes, point_inputs, memory, high, obj_logits, current)
     return current, multi_logits, ious, obj_logits
 
 
@@ -139,7 +143,8 @@ def video_loss(model: nn.Module, frames: list[np.ndarray], labels: list[np.ndarr
     total = x.new_zeros(())
     for t in range(len(frames)):
         prompt = masks[0][:, None] if t == 0 else None
-        current, multi, ious, obj = track(model, t, t == 0, feats, pos, sizes, k, out, len(frames), mask_inputs=prompt)
+        current, multi, ious, obj = track(model, t, t == 0, feats, pos, sizes, k, out, len(frames), mask_inputs=prompt,
+                                          memory=t < len(frames) - 1)
         out["cond_frame_outputs" if t == 0 else "non_cond_frame_outputs"][t] = current
         if t > 0:
             total = total + mask_losses(multi, ious, obj, masks[t], kind)
@@ -147,35 +152,41 @@ def video_loss(model: nn.Module, frames: list[np.ndarray], labels: list[np.ndarr
 
 
 def image_loss(model: nn.Module, image: np.ndarray, labels: np.ndarray, k: int, rng: np.random.Generator,
-               prompts: int = 1, kind: str = "bce") -> torch.Tensor:
-    """Box and click prompts on one still: `prompts` jittered boxes and clicks per object,
-    decoded as one batch against the image's features (computed once)."""
+               prompts: int = 1, kind: str = "bce", clicks: int | None = None) -> torch.Tensor:
+    """Box and click prompts on one still: `prompts` jittered boxes and `clicks` (default:
+    `prompts`) single positive clicks per object, each kind decoded as one batch against the
+    image's features (computed once); the loss is the mean of the two kinds' losses."""
     size = model.image_size
     x, masks = to_input([image], size), to_masks([labels], k, size)[0]
     feats, pos, sizes = features(model, x)
-    boxes, clicks, targets = [], [], []
+    clicks = prompts if clicks is None else clicks
+    boxes, points, box_targets, point_targets = [], [], [], []
     for m in masks:
         ys, xs = torch.nonzero(m > 0.5, as_tuple=True)
         x0, y0, x1, y1 = xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1
         w, h = x1 - x0, y1 - y0
-        for _ in range(prompts):
-            j = rng.normal(0, 0.05, 4) * [w, h, w, h]
-            boxes.append([[x0 + j[0], y0 + j[1]], [x1 + j[2], y1 + j[3]]])
-            i = rng.integers(len(xs))
-            clicks.append([[xs[i].item() + 0.5, ys[i].item() + 0.5]])
-            targets.append(m)
-    target = torch.stack(targets)
-    n = len(targets)
-    total = x.new_zeros(())
-    for coords, label in ((boxes, [2, 3]), (clicks, [1])):
-        points = {
+        for p in range(max(prompts, clicks)):  # drawn interleaved: --clicks = --prompts keeps old streams
+            if p < prompts:
+                j = rng.normal(0, 0.05, 4) * [w, h, w, h]
+                boxes.append([[x0 + j[0], y0 + j[1]], [x1 + j[2], y1 + j[3]]])
+                box_targets.append(m)
+            if p < clicks:
+                i = rng.integers(len(xs))
+                points.append([[xs[i].item() + 0.5, ys[i].item() + 0.5]])
+                point_targets.append(m)
+    total, kinds = x.new_zeros(()), 0
+    for coords, label, targets in ((boxes, [2, 3], box_targets), (points, [1], point_targets)):
+        if not coords:
+            continue
+        n = len(coords)
+        inputs = {
             "point_coords": torch.tensor(coords, dtype=torch.float32),
             "point_labels": torch.tensor([label] * n, dtype=torch.int32),
         }
         out = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
-        _, multi, ious, obj = track(model, 0, True, feats, pos, sizes, n, out, 1, point_inputs=points)
-        total = total + mask_losses(multi, ious, obj, target, kind)
-    return total / 2
+        _, multi, ious, obj = track(model, 0, True, feats, pos, sizes, n, out, 1, point_inputs=inputs, memory=False)
+        total, kinds = total + mask_losses(multi, ious, obj, torch.stack(targets), kind), kinds + 1
+    return total / kinds
 
 
 # -- data stream -------------------------------------------------------------------------------
@@ -297,7 +308,8 @@ def train(args: argparse.Namespace, rank: int = 0, world: int = 1) -> dict:
         else:
             image, labels = synth.still(cfg, "train", int(rng.integers(1 << 30)))
             k = int(labels.max())  # every object of a still is visible (synth.scene)
-            loss = image_loss(model, image, labels, k, rng, prompts=args.prompts, kind=args.mask_loss)
+            loss = image_loss(model, image, labels, k, rng, prompts=args.prompts, kind=args.mask_loss,
+                              clicks=args.clicks)
         if loss is not None:
             loss.backward()
         if world > 1:
@@ -368,7 +380,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--video-fraction", type=float, default=0.5, help="share of video steps, the rest image (0.5)")
     p.add_argument("--image-steps", type=int, default=0,
                    help="image-only steps first (box/click prompts), then the video/image mix (0)")
-    p.add_argument("--prompts", type=int, default=1, help="jittered boxes and clicks per object in image steps (1)")
+    p.add_argument("--prompts", type=int, default=1, help="jittered boxes per object in image steps (1)")
+    p.add_argument("--clicks", type=int, default=None,
+                   help="positive clicks per object in image steps (default: as --prompts)")
     p.add_argument("--clip-frames", type=int, default=6, help="frames per training clip (6)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (1e-3)")
     p.add_argument("--warmup", type=int, default=100, help="warm-up steps (100)")
@@ -385,6 +399,9 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.processes < 1 or args.threads < 1:
         raise SystemExit("error: --processes and --threads must be >= 1")
+    clicks = args.prompts if args.clicks is None else args.clicks
+    if min(args.prompts, clicks) < 0 or args.prompts + clicks == 0:
+        raise SystemExit("error: --prompts and --clicks must be >= 0, and not both 0")
     command = "python -m bench.train_micro " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.processes == 1:
         torch.set_num_threads(args.threads)

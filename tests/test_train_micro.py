@@ -11,10 +11,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from bench import train_micro
+from bench.data import synth
 from bench.models import build_model, load_state
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,3 +122,51 @@ def test_stopping_a_data_parallel_run_stops_its_workers(tmp_path):
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def _image_step(model, clicks=None, seed=0):
+    image, labels = synth.still(synth.SynthConfig(seed=0), "train", seed)
+    model.zero_grad(set_to_none=True)
+    loss = train_micro.image_loss(model, image, labels, int(labels.max()), np.random.default_rng(seed),
+                                  prompts=2, clicks=clicks)
+    loss.backward()
+    return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_image_steps_skip_the_memory_encoder_without_changing_loss_or_gradients(monkeypatch):
+    model = build_model("micro", device="cpu")
+    model.train()
+    torch.manual_seed(0)
+    loss, grads = _image_step(model)
+    calls = []
+    original = model._encode_memory_in_output
+    monkeypatch.setattr(model, "_encode_memory_in_output",
+                        lambda *a: (calls.append(a[3]), original(*a[:3], True, *a[4:]))[1])
+    torch.manual_seed(0)
+    loss_mem, grads_mem = _image_step(model)  # the memory encoder forced on, as before
+    assert calls == [False, False]  # image_loss asks for no memory on both prompt kinds
+    assert loss == loss_mem and grads.keys() == grads_mem.keys()
+    assert all(torch.equal(grads[n], grads_mem[n]) for n in grads)
+    assert not any(n.startswith("memory_encoder.") for n in grads)
+
+
+def test_clicks_per_object_set_the_click_batch(monkeypatch):
+    model = build_model("micro", device="cpu")
+    model.train()
+    batches = []
+    original = train_micro.track
+    monkeypatch.setattr(train_micro, "track", lambda *a, **k: (batches.append(
+        (a[6], k["point_inputs"]["point_labels"][0].tolist())), original(*a, **k))[1])
+    for clicks in (None, 1, 0):
+        _image_step(model, clicks)
+    _, labels = synth.still(synth.SynthConfig(seed=0), "train", 0)
+    k = int(labels.max())
+    assert batches == [(2 * k, [2, 3]), (2 * k, [1]), (2 * k, [2, 3]), (k, [1]), (2 * k, [2, 3])]
+
+
+@pytest.mark.parametrize("flags", [["--prompts", "0", "--clicks", "0"], ["--clicks", "-1"], ["--prompts", "0"]])
+def test_no_prompts_or_negative_counts_are_refused(tmp_path, flags):
+    out = tmp_path / "micro.pt"
+    with pytest.raises(SystemExit, match="--prompts and --clicks"):
+        train_micro.main(["--out", str(out), "--steps", "1", *flags])
+    assert not out.exists()
