@@ -99,3 +99,16 @@ def test_refuses_non_empty_out_and_cli(tmp_path):
                          capture_output=True, text=True)
     assert out.returncode != 0 and out.stderr.strip().splitlines()[-1].startswith("error:")
     assert not list(tmp_path.glob("x.partial*"))
+
+
+def test_as_stored_gives_the_pixels_the_tasks_read(root):
+    for i in range(SMALL.images_val):
+        image, _ = synth.still(SMALL, "val", i)
+        with Image.open(root / "coco" / "images" / "val" / f"val{i:06d}.jpg") as im:
+            read = np.asarray(im.convert("RGB"))
+        stored = synth.as_stored(image)
+        assert stored.dtype == np.uint8 and np.array_equal(stored, read)
+        assert not np.array_equal(stored, image)  # the round trip is lossy: training must see it
+    frames, _ = synth.clip(SMALL, "val", 0)
+    with Image.open(root / "davis" / "JPEGImages" / "480p" / "val0000" / "00003.jpg") as im:
+        assert np.array_equal(synth.as_stored(frames[3]), np.asarray(im.convert("RGB")))

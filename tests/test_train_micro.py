@@ -170,3 +170,24 @@ def test_no_prompts_or_negative_counts_are_refused(tmp_path, flags):
     with pytest.raises(SystemExit, match="--prompts and --clicks"):
         train_micro.main(["--out", str(out), "--steps", "1", *flags])
     assert not out.exists()
+
+
+def test_jpeg_quality_out_of_range_is_refused(tmp_path):
+    out = tmp_path / "micro.pt"
+    with pytest.raises(SystemExit, match="--jpeg-quality"):
+        train_micro.main(["--out", str(out), "--steps", "1", "--jpeg-quality", "101"])
+    assert not out.exists()
+
+
+def test_jpeg_quality_sends_every_training_input_through_the_round_trip(tmp_path, monkeypatch):
+    seen = []
+    original = synth.as_stored
+    monkeypatch.setattr(synth, "as_stored", lambda image, quality=95: (seen.append((image.shape, quality)),
+                                                                         original(image, quality))[1])
+    train_micro.main(["--out", str(tmp_path / "a.pt"), "--steps", "2", "--warmup", "1", "--clip-frames", "3",
+                      "--image-steps", "1", "--video-fraction", "1", "--jpeg-quality", "80"])
+    # one still, then one clip of 3 frames, each at the asked quality
+    assert seen == [((192, 256, 3), 80)] * 4
+    seen.clear()
+    train_micro.main(["--out", str(tmp_path / "b.pt"), "--steps", "2", "--warmup", "1", "--clip-frames", "3"])
+    assert seen == []  # off by default

@@ -37,6 +37,7 @@ VERSION = 1
 SHAPES = ("ellipse", "box", "triangle", "star")
 PATTERNS = ("stripes", "checks", "dots", "rings")
 SPLIT_STREAMS = {"train": 1, "val": 2}
+JPEG_QUALITY = 95  # of the written frames and images
 
 
 @dataclass(frozen=True)
@@ -226,6 +227,16 @@ def object_shapes(cfg: SynthConfig, split: str, index: int) -> list[str]:
     return [o.shape for o in objs]
 
 
+def as_stored(image: np.ndarray, quality: int = JPEG_QUALITY) -> np.ndarray:
+    """The image as the writers store it and the tasks read it back: a JPEG round trip."""
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=quality)
+    buf.seek(0)
+    return np.asarray(Image.open(buf).convert("RGB"))
+
+
 # -- writers ---------------------------------------------------------------------------------
 def write_davis(cfg: SynthConfig, root: Path) -> None:
     from bench.data.davis import write_palette_png
@@ -240,7 +251,7 @@ def write_davis(cfg: SynthConfig, root: Path) -> None:
             jpg.mkdir(parents=True, exist_ok=True)
             ann.mkdir(parents=True, exist_ok=True)
             for t, (img, lab) in enumerate(zip(frames, labels)):
-                Image.fromarray(img).save(jpg / f"{t:05d}.jpg", quality=95)
+                Image.fromarray(img).save(jpg / f"{t:05d}.jpg", quality=JPEG_QUALITY)
                 write_palette_png(ann / f"{t:05d}.png", lab)
         (sets / f"{split}.txt").write_text("".join(f"{n}\n" for n in names))
 
@@ -263,7 +274,7 @@ def write_coco(cfg: SynthConfig, root: Path) -> None:
             img, labels = still(cfg, split, i)
             image_id = i + 1
             file_name = f"{split}{i:06d}.jpg"
-            Image.fromarray(img).save(root / "images" / split / file_name, quality=95)
+            Image.fromarray(img).save(root / "images" / split / file_name, quality=JPEG_QUALITY)
             images.append({"id": image_id, "file_name": file_name, "height": cfg.height, "width": cfg.width})
             for k, shape in enumerate(object_shapes(cfg, split, i)):
                 m = labels == k + 1
