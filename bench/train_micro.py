@@ -57,7 +57,8 @@ STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
 # -- inputs ------------------------------------------------------------------------------------
 def to_input(frames: list[np.ndarray], size: int) -> torch.Tensor:
-    """uint8 H x W x 3 frames -> normalized (T, 3, size, size), resized as the predictors do."""
+    """uint8 H x W x 3 frames -> normalized (T, 3, size, size), resized as the image predictor
+    does (bilinear, antialiased); sam2's video loader resizes with PIL's bicubic instead."""
     x = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 255
     x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     return (x - MEAN) / STD
@@ -162,6 +163,8 @@ def image_loss(model: nn.Module, image: np.ndarray, labels: np.ndarray, k: int, 
     x, masks = to_input([image], size), to_masks([labels], k, size)[0]
     feats, pos, sizes = features(model, x)
     clicks = prompts if clicks is None else clicks
+    if min(prompts, clicks) < 0 or prompts + clicks == 0:
+        raise ValueError(f"image_loss: prompts and clicks must be >= 0 and not both 0, got {prompts}, {clicks}")
     boxes, points, box_targets, point_targets = [], [], [], []
     for m in masks:
         ys, xs = torch.nonzero(m > 0.5, as_tuple=True)

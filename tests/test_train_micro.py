@@ -133,35 +133,67 @@ def _image_step(model, clicks=None, seed=0):
     return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def test_image_steps_skip_the_memory_encoder_without_changing_loss_or_gradients(monkeypatch):
+def _grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_frames_no_later_frame_reads_skip_the_memory_encoder_and_nothing_else_changes(monkeypatch):
     model = build_model("micro", device="cpu")
     model.train()
-    torch.manual_seed(0)
-    loss, grads = _image_step(model)
-    calls = []
+    frames, labels, k = train_micro.sample_clip(synth.SynthConfig(seed=0), 3, 4, np.random.default_rng(3))
+    torch.manual_seed(0)  # memory attention has dropout: the same draws in both runs
+    model.zero_grad(set_to_none=True)
+    loss = train_micro.video_loss(model, frames, labels, k)
+    loss.backward()
+    grads = _grads(model)
+    asked = []
     original = model._encode_memory_in_output
     monkeypatch.setattr(model, "_encode_memory_in_output",
-                        lambda *a: (calls.append(a[3]), original(*a[:3], True, *a[4:]))[1])
+                        lambda *a: (asked.append(a[3]), original(*a[:3], True, *a[4:]))[1])
     torch.manual_seed(0)
-    loss_mem, grads_mem = _image_step(model)  # the memory encoder forced on, as before
-    assert calls == [False, False]  # image_loss asks for no memory on both prompt kinds
-    assert loss == loss_mem and grads.keys() == grads_mem.keys()
-    assert all(torch.equal(grads[n], grads_mem[n]) for n in grads)
-    assert not any(n.startswith("memory_encoder.") for n in grads)
+    model.zero_grad(set_to_none=True)
+    forced = train_micro.video_loss(model, frames, labels, k)  # every frame encoded, as before
+    forced.backward()
+    assert asked == [True, True, True, False]  # only the last frame skips it
+    assert loss.item() == forced.item() and grads.keys() == _grads(model).keys()
+    assert all(torch.equal(g, _grads(model)[n]) for n, g in grads.items())
+    asked.clear()
+    _image_step(model)
+    assert asked == [False, False]  # a still's boxes and clicks: nothing reads their memory
 
 
-def test_clicks_per_object_set_the_click_batch(monkeypatch):
+def test_boxes_and_clicks_are_drawn_in_the_order_of_earlier_versions(monkeypatch):
+    """--clicks unset must draw the same random numbers as before it existed (per object, per
+    prompt: a box jitter, then a click), so a recorded command still makes its checkpoint."""
     model = build_model("micro", device="cpu")
     model.train()
-    batches = []
+    sent = []
     original = train_micro.track
-    monkeypatch.setattr(train_micro, "track", lambda *a, **k: (batches.append(
-        (a[6], k["point_inputs"]["point_labels"][0].tolist())), original(*a, **k))[1])
-    for clicks in (None, 1, 0):
-        _image_step(model, clicks)
-    _, labels = synth.still(synth.SynthConfig(seed=0), "train", 0)
+    monkeypatch.setattr(train_micro, "track", lambda *a, **k: (sent.append(
+        (a[6], k["point_inputs"]["point_labels"][0].tolist(), k["point_inputs"]["point_coords"])),
+        original(*a, **k))[1])
+    image, labels = synth.still(synth.SynthConfig(seed=0), "train", 0)
     k = int(labels.max())
-    assert batches == [(2 * k, [2, 3]), (2 * k, [1]), (2 * k, [2, 3]), (k, [1]), (2 * k, [2, 3])]
+    for clicks in (None, 1, 0):
+        model.zero_grad(set_to_none=True)
+        train_micro.image_loss(model, image, labels, k, np.random.default_rng(0), prompts=2, clicks=clicks)
+    assert [(n, lab) for n, lab, _ in sent] == [(2 * k, [2, 3]), (2 * k, [1]), (2 * k, [2, 3]), (k, [1]),
+                                                (2 * k, [2, 3])]
+    # the earlier loop, written out: per object, per prompt, normal(4) then integers
+    rng, boxes, clicks = np.random.default_rng(0), [], []
+    masks = train_micro.to_masks([labels], k, model.image_size)[0]
+    for m in masks:
+        ys, xs = torch.nonzero(m > 0.5, as_tuple=True)
+        x0, y0, x1, y1 = xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1
+        for _ in range(2):
+            j = rng.normal(0, 0.05, 4) * [x1 - x0, y1 - y0, x1 - x0, y1 - y0]
+            boxes.append([[x0 + j[0], y0 + j[1]], [x1 + j[2], y1 + j[3]]])
+            i = rng.integers(len(xs))
+            clicks.append([[xs[i].item() + 0.5, ys[i].item() + 0.5]])
+    assert torch.equal(sent[0][2], torch.tensor(boxes, dtype=torch.float32))
+    assert torch.equal(sent[1][2], torch.tensor(clicks, dtype=torch.float32))
+    with pytest.raises(ValueError, match="prompts"):
+        train_micro.image_loss(model, image, labels, k, np.random.default_rng(0), prompts=0, clicks=0)
 
 
 @pytest.mark.parametrize("flags", [["--prompts", "0", "--clicks", "0"], ["--clicks", "-1"], ["--prompts", "0"]])
@@ -180,14 +212,18 @@ def test_jpeg_quality_out_of_range_is_refused(tmp_path):
 
 
 def test_jpeg_quality_sends_every_training_input_through_the_round_trip(tmp_path, monkeypatch):
-    seen = []
-    original = synth.as_stored
-    monkeypatch.setattr(synth, "as_stored", lambda image, quality=95: (seen.append((image.shape, quality)),
-                                                                         original(image, quality))[1])
+    asked, received = [], []
+    monkeypatch.setattr(synth, "as_stored", lambda image, quality=95: (asked.append((image.shape, quality)),
+                                                                         np.full_like(image, 7))[1])
+    image_loss, video_loss = train_micro.image_loss, train_micro.video_loss
+    monkeypatch.setattr(train_micro, "image_loss", lambda model, image, *a, **k: (
+        received.append(bool((image == 7).all())), image_loss(model, image, *a, **k))[1])
+    monkeypatch.setattr(train_micro, "video_loss", lambda model, frames, *a, **k: (
+        received.append(all((f == 7).all() for f in frames)), video_loss(model, frames, *a, **k))[1])
     train_micro.main(["--out", str(tmp_path / "a.pt"), "--steps", "2", "--warmup", "1", "--clip-frames", "3",
                       "--image-steps", "1", "--video-fraction", "1", "--jpeg-quality", "80"])
-    # one still, then one clip of 3 frames, each at the asked quality
-    assert seen == [((192, 256, 3), 80)] * 4
-    seen.clear()
+    # one still, then one clip of 3 frames, each at the asked quality, and the losses get them
+    assert asked == [((192, 256, 3), 80)] * 4 and received == [True, True]
+    asked.clear(), received.clear()
     train_micro.main(["--out", str(tmp_path / "b.pt"), "--steps", "2", "--warmup", "1", "--clip-frames", "3"])
-    assert seen == []  # off by default
+    assert asked == [] and len(received) == 2 and not any(received)  # off by default
