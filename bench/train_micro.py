@@ -27,9 +27,9 @@ the recipe is a small version of SAM2's own training:
 Data are drawn on the fly from the generator's train stream (`bench.data.synth`, a seed
 stream disjoint from val), so no file is read. The tasks read the written sets, whose frames
 and images are JPEGs (quality 95); `--jpeg-quality 95` trains on the same round trip (models
-trained on the rendered pixels lost 0.2 and 1.1 points of GT-box mIoU to it in two runs). The checkpoint is
-saved as {"model": state dict} (float16 with `--half`) with the command, seed, data version,
-minutes and final training loss in "meta".
+trained on the rendered pixels lost 0.2 and 1.1 points of GT-box mIoU to it in two runs).
+The checkpoint is saved as {"model": state dict} (float16 with `--half`) with the command,
+seed, data version, minutes and final training loss in "meta".
 """
 
 from __future__ import annotations
