@@ -154,6 +154,15 @@ def video_loss(model: nn.Module, frames: list[np.ndarray], labels: list[np.ndarr
     return total / (len(frames) - 1)
 
 
+def prompt_counts(prompts: int, clicks: int | None) -> int:
+    """The click count (`clicks`, or `prompts` when unset); ValueError unless both are >= 0
+    and not both 0."""
+    clicks = prompts if clicks is None else clicks
+    if min(prompts, clicks) < 0 or prompts + clicks == 0:
+        raise ValueError(f"--prompts and --clicks must be >= 0, and not both 0 (got {prompts}, {clicks})")
+    return clicks
+
+
 def image_loss(model: nn.Module, image: np.ndarray, labels: np.ndarray, k: int, rng: np.random.Generator,
                prompts: int = 1, kind: str = "bce", clicks: int | None = None) -> torch.Tensor:
     """Box and click prompts on one still: `prompts` jittered boxes and `clicks` (default:
@@ -162,9 +171,7 @@ def image_loss(model: nn.Module, image: np.ndarray, labels: np.ndarray, k: int, 
     size = model.image_size
     x, masks = to_input([image], size), to_masks([labels], k, size)[0]
     feats, pos, sizes = features(model, x)
-    clicks = prompts if clicks is None else clicks
-    if min(prompts, clicks) < 0 or prompts + clicks == 0:
-        raise ValueError(f"image_loss: prompts and clicks must be >= 0 and not both 0, got {prompts}, {clicks}")
+    clicks = prompt_counts(prompts, clicks)
     boxes, points, box_targets, point_targets = [], [], [], []
     for m in masks:
         ys, xs = torch.nonzero(m > 0.5, as_tuple=True)
@@ -411,9 +418,10 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.processes < 1 or args.threads < 1:
         raise SystemExit("error: --processes and --threads must be >= 1")
-    clicks = args.prompts if args.clicks is None else args.clicks
-    if min(args.prompts, clicks) < 0 or args.prompts + clicks == 0:
-        raise SystemExit("error: --prompts and --clicks must be >= 0, and not both 0")
+    try:
+        prompt_counts(args.prompts, args.clicks)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     if not 0 <= args.jpeg_quality <= 100:
         raise SystemExit("error: --jpeg-quality must be in 0..100 (0: off)")
     command = "python -m bench.train_micro " + " ".join(sys.argv[1:] if argv is None else argv)

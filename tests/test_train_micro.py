@@ -130,7 +130,7 @@ def _image_step(model, clicks=None, seed=0):
     loss = train_micro.image_loss(model, image, labels, int(labels.max()), np.random.default_rng(seed),
                                   prompts=2, clicks=clicks)
     loss.backward()
-    return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return loss.item(), _grads(model)
 
 
 def _grads(model):
@@ -192,7 +192,7 @@ def test_boxes_and_clicks_are_drawn_in_the_order_of_earlier_versions(monkeypatch
             clicks.append([[xs[i].item() + 0.5, ys[i].item() + 0.5]])
     assert torch.equal(sent[0][2], torch.tensor(boxes, dtype=torch.float32))
     assert torch.equal(sent[1][2], torch.tensor(clicks, dtype=torch.float32))
-    with pytest.raises(ValueError, match="prompts"):
+    with pytest.raises(ValueError, match="--prompts and --clicks"):
         train_micro.image_loss(model, image, labels, k, np.random.default_rng(0), prompts=0, clicks=0)
 
 

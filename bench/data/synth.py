@@ -22,6 +22,7 @@ Splits draw from disjoint seed streams, so training on the train stream never se
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import shutil
@@ -229,8 +230,6 @@ def object_shapes(cfg: SynthConfig, split: str, index: int) -> list[str]:
 
 def as_stored(image: np.ndarray, quality: int = JPEG_QUALITY) -> np.ndarray:
     """The image as the writers store it and the tasks read it back: a JPEG round trip."""
-    import io
-
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="JPEG", quality=quality)
     buf.seek(0)
