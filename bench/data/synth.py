@@ -233,7 +233,7 @@ def as_stored(image: np.ndarray, quality: int = JPEG_QUALITY) -> np.ndarray:
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="JPEG", quality=quality)
     buf.seek(0)
-    return np.asarray(Image.open(buf).convert("RGB"))
+    return np.array(Image.open(buf).convert("RGB"))  # writable, as torch's converters expect
 
 
 # -- writers ---------------------------------------------------------------------------------
