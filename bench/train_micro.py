@@ -268,25 +268,40 @@ def lr_at(step: int, steps: int, base: float, warmup: int) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
-def _sync_grads(model: nn.Module, loss: torch.Tensor | None) -> tuple[float, int]:
-    """Average the gradients over the data-parallel processes (a rank whose sample had nothing
-    to learn contributes none) and return (mean loss, contributing ranks)."""
-    import torch.distributed as dist
+class FlatGrads:
+    """The gradients of `params` as views into one flat buffer, for data-parallel averaging:
+    backward accumulates straight into the buffer, so one all_reduce (with the loss and the
+    count of contributing ranks in two leading slots) averages every gradient, no copies."""
 
-    params = list(model.parameters())
-    flat = torch.cat([torch.zeros(2)] + [p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel())
-                                         for p in params])
-    if loss is not None:
-        flat[0], flat[1] = loss.item(), 1.0
-    dist.all_reduce(flat)
-    n = int(flat[1].item())
-    if n:
-        flat[2:] /= n
-        offset = 2
+    def __init__(self, params: list[nn.Parameter]):
+        self.params = params
+        self.flat = torch.zeros(2 + sum(p.numel() for p in params))
+        self.views, offset = [], 2
         for p in params:
-            p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
+            self.views.append(self.flat[offset : offset + p.numel()].view_as(p))
             offset += p.numel()
-    return flat[0].item() / max(n, 1), n
+
+    def zero(self) -> None:
+        """Zero gradients (instead of the optimizer's zero_grad); every parameter has one, so
+        a parameter that a step's sample does not reach still gets the mean of the others."""
+        self.flat.zero_()
+        for p, v in zip(self.params, self.views):
+            p.grad = v
+
+    def all_reduce(self, loss: torch.Tensor | None) -> tuple[float, int]:
+        """Average the gradients over the data-parallel processes (a rank whose sample had
+        nothing to learn contributes none) and return (mean loss, contributing ranks)."""
+        import torch.distributed as dist
+
+        if any(p.grad is not v for p, v in zip(self.params, self.views)):
+            raise RuntimeError("a gradient was replaced instead of accumulated into the flat buffer")
+        if loss is not None:
+            self.flat[0], self.flat[1] = loss.item(), 1.0
+        dist.all_reduce(self.flat)
+        n = int(self.flat[1].item())
+        if n:
+            self.flat[2:] /= n
+        return self.flat[0].item() / max(n, 1), n
 
 
 def train(args: argparse.Namespace, rank: int = 0, world: int = 1) -> dict:
@@ -306,14 +321,21 @@ def train(args: argparse.Namespace, rank: int = 0, world: int = 1) -> dict:
         torch.manual_seed(args.seed * 1000 + rank)  # dropout differs per rank, the weights do not
     model.train()
     cfg = replace(synth.SynthConfig(seed=args.data_seed), frames=16)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
+    try:  # the fused kernel: one pass over all parameters, ~10 ms a step less on CPU than the loop
+        opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05, fused=True)
+    except (RuntimeError, TypeError):
+        opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
+    grads = FlatGrads(list(model.parameters())) if world > 1 else None
     ema = None
     t0 = time.time()
     bar = tqdm(range(args.steps), desc="train micro", file=sys.stderr, mininterval=5, disable=rank != 0)
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
-        opt.zero_grad(set_to_none=True)
+        if grads is not None:
+            grads.zero()
+        else:
+            opt.zero_grad(set_to_none=True)
         if step >= args.image_steps and kinds.uniform() < args.video_fraction:
             frames, labels, k = sample_clip(cfg, int(rng.integers(1 << 30)), args.clip_frames, rng)
             if args.jpeg_quality:
@@ -328,8 +350,8 @@ def train(args: argparse.Namespace, rank: int = 0, world: int = 1) -> dict:
                               clicks=args.clicks)
         if loss is not None:
             loss.backward()
-        if world > 1:
-            value, n = _sync_grads(model, loss)
+        if grads is not None:
+            value, n = grads.all_reduce(loss)
         else:
             value, n = (0.0, 0) if loss is None else (loss.item(), 1)
         if not n:

@@ -47,14 +47,17 @@ def _sync_worker(rank: int, init_file: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:
         layer = torch.nn.Linear(3, 2)
+        grads = train_micro.FlatGrads(list(layer.parameters()))
         results = []
         for skip in (None, 1):  # both ranks learn; then rank 1's sample had nothing to learn
-            layer.zero_grad(set_to_none=True)
+            grads.zero()
             loss = None
             if rank != skip:
                 loss = (rank + 1) * layer(torch.ones(1, 3)).sum()
                 loss.backward()
-            value, n = train_micro._sync_grads(layer, loss)
+                loss = (rank + 1) * layer(torch.ones(1, 3)).sum() / 2  # accumulates: 1.5x in all
+                loss.backward()
+            value, n = grads.all_reduce(loss)
             results.append((value, n, layer.weight.grad.clone(), layer.bias.grad.clone()))
         torch.save(results, f"{out}.{rank}")
     finally:
@@ -67,10 +70,10 @@ def test_data_parallel_gradients_are_the_mean_over_ranks(tmp_path):
     mp.spawn(_sync_worker, args=(str(tmp_path / "init"), str(tmp_path / "grads")), nprocs=2)
     for rank in (0, 1):
         (v0, n0, w0, b0), (v1, n1, w1, b1) = torch.load(tmp_path / f"grads.{rank}", weights_only=True)
-        # d loss / d W = (rank + 1) for every entry: the mean over ranks 1 and 2 is 1.5
-        assert n0 == 2 and torch.equal(w0, torch.full((2, 3), 1.5)) and torch.equal(b0, torch.full((2,), 1.5))
+        # d loss / d W = 1.5 (rank + 1) for every entry: the mean over ranks 1 and 2 is 2.25
+        assert n0 == 2 and torch.equal(w0, torch.full((2, 3), 2.25)) and torch.equal(b0, torch.full((2,), 2.25))
         # only rank 0 learned: its gradient, not halved by the rank that had none
-        assert n1 == 1 and torch.equal(w1, torch.ones(2, 3)) and torch.equal(b1, torch.ones(2))
+        assert n1 == 1 and torch.equal(w1, torch.full((2, 3), 1.5)) and torch.equal(b1, torch.full((2,), 1.5))
     losses = [torch.load(tmp_path / f"grads.{r}", weights_only=True)[0][0] for r in (0, 1)]
     assert losses[0] == losses[1]
 
