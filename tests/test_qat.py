@@ -122,6 +122,43 @@ def test_pact_signed_clip_is_symmetric():
     assert torch.equal(q.freeze()(x), q(x).detach())
 
 
+@pytest.mark.parametrize("signed", [True, False])
+def test_pact_mse_init_is_the_least_error_clip_level(signed):
+    g = torch.Generator().manual_seed(0)
+    x = torch.distributions.Laplace(0.0, 1.0).sample((3000,)) if signed else torch.rand(3000, generator=g) ** 3
+    x[7] = 12.0 if signed else 3.0  # one outlier: the RTN range spends the grid on it
+    q = calibrated(PACTQuantizer(QuantSpec(4), alpha_init="mse"), x)
+    assert q.spec.symmetric == signed and not q.sample  # the sample is freed
+    amax = x.abs().max().item()
+
+    def mse(alpha: float) -> float:
+        with torch.no_grad():
+            return (_with_alpha(q, torch.tensor(alpha))(x) - x).square().mean().item()
+
+    candidates = [amax * i / PACTQuantizer.MSE_GRID for i in range(1, PACTQuantizer.MSE_GRID + 1)]
+    errors = [mse(a) for a in candidates]
+    best = candidates[min(range(len(errors)), key=errors.__getitem__)]
+    assert q.alpha.item() == pytest.approx(best, rel=1e-6)
+    assert q.alpha.item() < 0.6 * amax and mse(q.alpha.item()) < 0.75 * mse(amax)  # the outlier is clipped
+
+
+def test_pact_mse_init_samples_each_call_with_a_fixed_seed():
+    calls = [torch.randn(20000) * (1 + i) for i in range(3)]
+
+    def init() -> float:
+        q = PACTQuantizer(QuantSpec(4), alpha_init="mse")
+        q.observing = True
+        for c in calls:
+            q(c)
+        assert [len(t) for t in q.sample] == [PACTQuantizer.MSE_SAMPLE] * 3
+        q.observing = False
+        q.calibrate_from_observed()
+        return q.alpha.item()
+
+    a = init()
+    assert a == init() and 0 < a < max(c.abs().max().item() for c in calls)
+
+
 def test_pact_two_sided_clip_learns_both_levels_on_the_rtn_grid():
     data = torch.tensor([-0.5, 1.0, 3.0])
     q = calibrated(PACTQuantizer(QuantSpec(3), two_sided=True), data)

@@ -34,6 +34,7 @@ from bench import BenchError
 from bench.quant.attention import QuantAttentionMixin
 from bench.quant.fake import FakeQuantizer, QuantSpec, fake_quant, tensor_version
 from bench.quant.modules import QuantLayer
+from bench.quant.observers import lp_errors
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -245,30 +246,56 @@ class PACTQuantizer(LearnedQuantizer):
     [-(2^(b-1) - 1), 2^(b-1) - 1] (so the grid is symmetric and ends exactly at +-alpha).
     Gradients as in the paper: the rounding is straight-through (d y_q / d y = 1), so
     d y_q / d alpha = 1 where x >= alpha, -1 where x <= -alpha (signed), 0 elsewhere; the step
-    size alpha / (levels) gets no gradient of its own. Init: alpha = max|x| over the
-    calibration data (the RTN range), or `alpha_init` when given.
+    size alpha / (levels) gets no gradient of its own. Init (`alpha_init`): None, alpha =
+    max|x| over the calibration data (the RTN range); a number, that alpha; "mse", the alpha
+    of least mean squared quantization error on the calibration data, among MSE_GRID
+    candidates i / MSE_GRID * max|x| (the error estimated on MSE_SAMPLE values drawn
+    uniformly, with a fixed seed, from each calibration call, so every call weighs the same).
 
     `two_sided=True` (an ablation switch, not the paper's or methods.md's form): a signed
     tensor gets a second learned level `beta` > 0 for its negative side, y = clip(x, -beta,
     alpha) quantized with the asymmetric levels [0, 2^b - 1] (step s = (alpha + beta) /
     (2^b - 1), zero point round(beta / s), as RTN's activations); d y_q / d alpha = 1 where
     x >= alpha, d y_q / d beta = -1 where x <= -beta, else 0. Init: alpha = max(x), beta =
-    -min(x) over the calibration data (the RTN range), or both `alpha_init`. Unsigned tensors
-    are unchanged.
+    -min(x) over the calibration data (the RTN range), or both a numeric `alpha_init`
+    ("mse" is for the one-level clip: two-sided signed tensors keep the RTN range). Unsigned
+    tensors are unchanged.
     """
 
     kind = "pact"
+    MSE_SAMPLE = 4096
+    MSE_GRID = 100
 
-    def __init__(self, spec: QuantSpec, alpha_init: float | None = None, two_sided: bool = False) -> None:
+    def __init__(self, spec: QuantSpec, alpha_init: float | str | None = None, two_sided: bool = False) -> None:
         super().__init__(spec)
         self.alpha_init = alpha_init
         self.two_sided = two_sided
         self.alpha = nn.Parameter(torch.empty(0))
         self.beta = nn.Parameter(torch.empty(0))  # two-sided signed tensors only
+        self.sample: list[torch.Tensor] = []  # alpha_init "mse": values drawn from each calibration call
 
     @property
     def calibrated(self) -> bool:
         return self.alpha.numel() > 0
+
+    def observe(self, x: torch.Tensor) -> None:
+        super().observe(x)
+        if self.alpha_init == "mse":
+            flat = x.detach().reshape(-1)
+            if flat.numel() > self.MSE_SAMPLE:
+                g = torch.Generator(device=flat.device).manual_seed(len(self.sample))
+                flat = flat[torch.randint(flat.numel(), (self.MSE_SAMPLE,), generator=g, device=flat.device)]
+            self.sample.append(flat.float())
+
+    def _mse_alpha(self, amax: float) -> float:
+        """The candidate clipping level of least mean squared error on the sampled values,
+        for the grid this quantizer uses (spec already set: symmetric narrow or unsigned)."""
+        x = torch.cat(self.sample)[None]
+        self.sample = []
+        t = amax * torch.arange(1, self.MSE_GRID + 1, device=x.device, dtype=torch.float32)[:, None] / self.MSE_GRID
+        lo = -t if self.spec.symmetric else torch.zeros_like(t)
+        err = lp_errors(x, lo, t, self.spec, 2.0)[:, 0]
+        return float(t[int(err.argmin())])
 
     def calibrate_from_observed(self) -> None:
         if self.min_val.numel() == 0:
@@ -278,14 +305,18 @@ class PACTQuantizer(LearnedQuantizer):
         if self.two_sided and signed:
             self._set_signed(False)  # asymmetric levels on [-beta, alpha]
             hi, lo = float(self.max_val.max()), -float(self.min_val.min())
-            if self.alpha_init is not None:
+            self.sample = []
+            if isinstance(self.alpha_init, (int, float)):
                 hi = lo = self.alpha_init
             self.alpha = nn.Parameter(torch.tensor(max(hi, 1e-6), device=dev))
             self.beta = nn.Parameter(torch.tensor(max(lo, 1e-6), device=dev))
             return
         self._set_signed(signed, narrow=True)
-        _, _, amax = self.observed()
-        a = self.alpha_init if self.alpha_init is not None else max(amax, 1e-8)
+        amax = max(self.observed()[2], 1e-8)
+        if self.alpha_init == "mse":
+            a = self._mse_alpha(amax)
+        else:
+            a = amax if self.alpha_init is None else self.alpha_init
         self.alpha = nn.Parameter(torch.tensor(float(a), device=dev))
 
     def _grid(self) -> tuple[torch.Tensor, torch.Tensor]:
