@@ -205,10 +205,10 @@ def image_loss(model: nn.Module, image: np.ndarray, labels: np.ndarray, k: int, 
 def sample_clip(cfg: synth.SynthConfig, index: int, frames: int, rng: np.random.Generator):
     """A random window of `frames` frames (stride 1 or 2) from a train-stream clip; objects
     are those visible in the window's first frame, renumbered 1..k."""
-    imgs, labs = synth.clip(cfg, "train", index)
     stride = int(rng.integers(1, 3))
-    start = int(rng.integers(0, len(imgs) - (frames - 1) * stride))
+    start = int(rng.integers(0, cfg.frames - (frames - 1) * stride))
     sel = range(start, start + frames * stride, stride)
+    imgs, labs = synth.clip(cfg, "train", index, upto=sel[-1] + 1)  # no frame after the window
     imgs, labs = [imgs[i] for i in sel], [labs[i] for i in sel]
     ids = [i for i in np.unique(labs[0]) if i != 0 and (labs[0] == i).sum() >= 64]
     remap = np.zeros(256, np.uint8)

@@ -230,3 +230,19 @@ def test_jpeg_quality_sends_every_training_input_through_the_round_trip(tmp_path
     asked.clear(), received.clear()
     train_micro.main(["--out", str(tmp_path / "b.pt"), "--steps", "2", "--warmup", "1", "--clip-frames", "3"])
     assert asked == [] and len(received) == 2 and not any(received)  # off by default
+
+
+def test_a_clip_window_is_the_same_whether_or_not_later_frames_are_rendered():
+    """sample_clip renders frames only up to its window's end: the same window, pixels and
+    labels as slicing the whole clip with the same random draws."""
+    cfg = synth.SynthConfig(seed=0)
+    for index, seed in ((3, 0), (5, 1), (8, 2)):
+        frames, labels, k = train_micro.sample_clip(cfg, index, 4, np.random.default_rng(seed))
+        rng = np.random.default_rng(seed)
+        stride = int(rng.integers(1, 3))
+        start = int(rng.integers(0, cfg.frames - 3 * stride))
+        full_frames, full_labels = synth.clip(cfg, "train", index)
+        sel = list(range(start, start + 4 * stride, stride))
+        assert len(frames) == 4 and all(np.array_equal(a, full_frames[t]) for a, t in zip(frames, sel))
+        ids = [i for i in np.unique(full_labels[sel[0]]) if i and (full_labels[sel[0]] == i).sum() >= 64]
+        assert k == len(ids) and all(np.array_equal(a > 0, np.isin(full_labels[t], ids)) for a, t in zip(labels, sel))

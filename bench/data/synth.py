@@ -209,10 +209,12 @@ def scene(cfg: SynthConfig, split: str, index: int, frames: int) -> tuple[list[O
             return objs, bg, rng
 
 
-def clip(cfg: SynthConfig, split: str, index: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Frames (uint8 RGB) and label maps of one clip."""
+def clip(cfg: SynthConfig, split: str, index: int,
+         upto: int | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Frames (uint8 RGB) and label maps of one clip; `upto` renders only the first `upto`
+    frames (the same pixels: frames are drawn in order from one noise stream)."""
     objs, bg, rng = scene(cfg, split, index, cfg.frames)
-    pairs = [render(objs, bg, t, rng) for t in range(cfg.frames)]
+    pairs = [render(objs, bg, t, rng) for t in range(cfg.frames if upto is None else min(upto, cfg.frames))]
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
