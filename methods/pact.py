@@ -15,8 +15,9 @@ Choices where the paper does not fit SAM2 (documented here and in the quantizer)
     second learned level beta for the negative side, clip(x, -beta, alpha) on asymmetric
     levels, with the same PACT gradients and L2 penalty on beta. The symmetric clip spends
     half the levels on the short negative side of GELU and LayerNorm outputs: on the micro
-    model at W4A4, before training, J&F / mIoU 70.6 / 70.7 against RTN's 78.3 / 73.1, while
-    the two-sided clip starts exactly at RTN (sweeps/qat-micro.yaml has both as rows);
+    model at W4A4, before training and with alpha from max|x|, J&F / mIoU 70.6 / 70.7 against
+    RTN's 78.3 / 73.1, while the two-sided clip starts exactly at RTN (sweeps/qat-micro.yaml
+    has both as rows);
   - `alpha_init` (the paper's alpha = 10 assumes post-ReLU activations of another scale):
     "mse" (default), the clipping level of least mean squared quantization error on the
     calibration data (100 candidates up to max|x|, `PACTQuantizer`); null, max|x| (the RTN
