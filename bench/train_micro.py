@@ -21,7 +21,11 @@ the recipe is a small version of SAM2's own training:
   - AdamW, linear warm-up then cosine decay, gradient clipping;
   - `--processes N`: N data-parallel processes (torch.distributed, gloo), one sample each per
     step, gradients averaged (a batch of N). Every process takes a step of the same kind, so
-    none waits on a longer one. On a 2-core CPU, 2 processes of 1 thread train twice the
+    none waits on a longer one. A parameter that no process's sample reached (the memory
+    modules in an image step) is not updated, as in one process (its gradient is None):
+    before, Adam's momentum and weight decay moved the memory modules on every image step
+    too, which multiplied their effective learning rate and kept tracking from forming at
+    --lr 1e-3. On a 2-core CPU, 2 processes of 1 thread train twice the
     samples of one process in the same time (one process with 2 threads is slower than with
     1: this model's operations are too small to split).
 Data are drawn on the fly from the generator's train stream (`bench.data.synth`, a seed
@@ -270,20 +274,32 @@ def lr_at(step: int, steps: int, base: float, warmup: int) -> float:
 
 class FlatGrads:
     """The gradients of `params` as views into one flat buffer, for data-parallel averaging:
-    backward accumulates straight into the buffer, so one all_reduce (with the loss and the
-    count of contributing ranks in two leading slots) averages every gradient, no copies."""
+    backward accumulates straight into the buffer, so one all_reduce averages every gradient,
+    no copies. Leading slots carry the loss, the count of contributing ranks and, per
+    parameter, the count of ranks whose backward reached it: a parameter that no rank's
+    sample reached (the memory modules in an image step) gets no gradient (None), so the
+    optimizer leaves it alone, as in a single process, instead of moving it on Adam's
+    momentum and weight decay."""
 
     def __init__(self, params: list[nn.Parameter]):
         self.params = params
-        self.flat = torch.zeros(2 + sum(p.numel() for p in params))
-        self.views, offset = [], 2
-        for p in params:
+        n = len(params)
+        self.flat = torch.zeros(2 + n + sum(p.numel() for p in params))
+        self.used = self.flat[2 : 2 + n]
+        self.views, offset = [], 2 + n
+        for i, p in enumerate(params):
             self.views.append(self.flat[offset : offset + p.numel()].view_as(p))
             offset += p.numel()
+            p.register_post_accumulate_grad_hook(self._mark(i))
+
+    def _mark(self, i: int):
+        def hook(_: torch.Tensor) -> None:
+            self.used[i] = 1.0
+
+        return hook
 
     def zero(self) -> None:
-        """Zero gradients (instead of the optimizer's zero_grad); every parameter has one, so
-        a parameter that a step's sample does not reach still gets the mean of the others."""
+        """Zero gradients (instead of the optimizer's zero_grad)."""
         self.flat.zero_()
         for p, v in zip(self.params, self.views):
             p.grad = v
@@ -300,7 +316,10 @@ class FlatGrads:
         dist.all_reduce(self.flat)
         n = int(self.flat[1].item())
         if n:
-            self.flat[2:] /= n
+            self.flat[2 + len(self.params):] /= n
+        for p, used in zip(self.params, self.used.tolist()):
+            if not used:
+                p.grad = None
         return self.flat[0].item() / max(n, 1), n
 
 

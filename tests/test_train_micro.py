@@ -46,8 +46,8 @@ def _sync_worker(rank: int, init_file: str, out: str) -> None:
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:
-        layer = torch.nn.Linear(3, 2)
-        grads = train_micro.FlatGrads(list(layer.parameters()))
+        layer, extra, idle = torch.nn.Linear(3, 2), torch.nn.Linear(3, 1), torch.nn.Linear(3, 1)
+        grads = train_micro.FlatGrads([*layer.parameters(), *extra.parameters(), *idle.parameters()])
         results = []
         for skip in (None, 1):  # both ranks learn; then rank 1's sample had nothing to learn
             grads.zero()
@@ -56,9 +56,13 @@ def _sync_worker(rank: int, init_file: str, out: str) -> None:
                 loss = (rank + 1) * layer(torch.ones(1, 3)).sum()
                 loss.backward()
                 loss = (rank + 1) * layer(torch.ones(1, 3)).sum() / 2  # accumulates: 1.5x in all
+                if rank == 1:  # a module only rank 1's sample reaches
+                    loss = loss + 4 * extra(torch.ones(1, 3)).sum()
                 loss.backward()
             value, n = grads.all_reduce(loss)
-            results.append((value, n, layer.weight.grad.clone(), layer.bias.grad.clone()))
+            results.append((value, n, layer.weight.grad.clone(), layer.bias.grad.clone(),
+                            None if extra.weight.grad is None else extra.weight.grad.clone(),
+                            idle.weight.grad is None and idle.bias.grad is None))
         torch.save(results, f"{out}.{rank}")
     finally:
         dist.destroy_process_group()
@@ -69,13 +73,29 @@ def test_data_parallel_gradients_are_the_mean_over_ranks(tmp_path):
 
     mp.spawn(_sync_worker, args=(str(tmp_path / "init"), str(tmp_path / "grads")), nprocs=2)
     for rank in (0, 1):
-        (v0, n0, w0, b0), (v1, n1, w1, b1) = torch.load(tmp_path / f"grads.{rank}", weights_only=True)
+        (v0, n0, w0, b0, e0, idle0), (v1, n1, w1, b1, e1, idle1) = torch.load(tmp_path / f"grads.{rank}",
+                                                                             weights_only=True)
         # d loss / d W = 1.5 (rank + 1) for every entry: the mean over ranks 1 and 2 is 2.25
         assert n0 == 2 and torch.equal(w0, torch.full((2, 3), 2.25)) and torch.equal(b0, torch.full((2,), 2.25))
         # only rank 0 learned: its gradient, not halved by the rank that had none
         assert n1 == 1 and torch.equal(w1, torch.full((2, 3), 1.5)) and torch.equal(b1, torch.full((2,), 1.5))
+        # a module one rank reached: the batch mean (rank 1's 4, rank 0's 0); then no rank did
+        assert torch.equal(e0, torch.full((1, 3), 2.0)) and e1 is None
+        assert idle0 and idle1  # no rank reached it: no gradient, so the optimizer skips it
     losses = [torch.load(tmp_path / f"grads.{r}", weights_only=True)[0][0] for r in (0, 1)]
     assert losses[0] == losses[1]
+
+
+def test_image_only_data_parallel_steps_leave_the_memory_modules_alone(tmp_path):
+    """As in one process, where their gradient is None: no Adam momentum, no weight decay."""
+    out = tmp_path / "micro.pt"
+    train_micro.main(["--out", str(out), "--steps", "3", "--warmup", "1", "--video-fraction", "0", "--seed", "2",
+                      "--processes", "2"])
+    fresh = build_model("micro", random_init=True, device="cpu", seed=2).state_dict()
+    state = load_state(out, "micro")
+    moved = {k.split(".")[0] for k, v in state.items() if v.is_floating_point() and not torch.equal(v, fresh[k])}
+    assert {"image_encoder", "sam_mask_decoder"} <= moved
+    assert not moved & {"memory_attention", "memory_encoder", "obj_ptr_proj", "maskmem_tpos_enc"}
 
 
 def _children(pid: int) -> list[int]:
