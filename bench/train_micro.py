@@ -22,12 +22,11 @@ the recipe is a small version of SAM2's own training:
   - `--processes N`: N data-parallel processes (torch.distributed, gloo), one sample each per
     step, gradients averaged (a batch of N). Every process takes a step of the same kind, so
     none waits on a longer one. A parameter that no process's sample reached (the memory
-    modules in an image step) is not updated, as in one process (its gradient is None):
-    before, Adam's momentum and weight decay moved the memory modules on every image step
-    too, which multiplied their effective learning rate and kept tracking from forming at
-    --lr 1e-3. On a 2-core CPU, 2 processes of 1 thread train twice the
-    samples of one process in the same time (one process with 2 threads is slower than with
-    1: this model's operations are too small to split).
+    modules in an image step) is not updated, as in one process (its gradient is None);
+    stepping it on Adam's momentum and weight decay multiplies the memory modules' effective
+    learning rate, and tracking then did not form at --lr 1e-3. On a 2-core CPU, 2 processes
+    of 1 thread train twice the samples of one process in the same time (one process with 2
+    threads is slower than with 1: this model's operations are too small to split).
 Data are drawn on the fly from the generator's train stream (`bench.data.synth`, a seed
 stream disjoint from val), so no file is read. The tasks read the written sets, whose frames
 and images are JPEGs (quality 95); `--jpeg-quality 95` trains on the same round trip (models
@@ -285,7 +284,7 @@ class FlatGrads:
         self.params = params
         n = len(params)
         self.flat = torch.zeros(2 + n + sum(p.numel() for p in params))
-        self.used = self.flat[2 : 2 + n]
+        self.used, self.grads = self.flat[2 : 2 + n], self.flat[2 + n :]
         self.views, offset = [], 2 + n
         for i, p in enumerate(params):
             self.views.append(self.flat[offset : offset + p.numel()].view_as(p))
@@ -316,7 +315,7 @@ class FlatGrads:
         dist.all_reduce(self.flat)
         n = int(self.flat[1].item())
         if n:
-            self.flat[2 + len(self.params):] /= n
+            self.grads /= n
         for p, used in zip(self.params, self.used.tolist()):
             if not used:
                 p.grad = None
