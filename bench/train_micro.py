@@ -285,9 +285,9 @@ class FlatGrads:
         n = len(params)
         self.flat = torch.zeros(2 + n + sum(p.numel() for p in params))
         self.used, self.grads = self.flat[2 : 2 + n], self.flat[2 + n :]
-        self.views, offset = [], 2 + n
+        self.views, offset = [], 0
         for i, p in enumerate(params):
-            self.views.append(self.flat[offset : offset + p.numel()].view_as(p))
+            self.views.append(self.grads[offset : offset + p.numel()].view_as(p))
             offset += p.numel()
             p.register_post_accumulate_grad_hook(self._mark(i))
 
@@ -298,7 +298,8 @@ class FlatGrads:
         return hook
 
     def zero(self) -> None:
-        """Zero gradients (instead of the optimizer's zero_grad)."""
+        """Zero gradients (instead of the optimizer's zero_grad) and point every parameter's
+        gradient at its view again (all_reduce sets those no rank reached to None)."""
         self.flat.zero_()
         for p, v in zip(self.params, self.views):
             p.grad = v
