@@ -141,7 +141,9 @@ def test_lp_observer_picks_the_least_lp_error_of_its_grid(spec, relu, zp_steps):
 def test_reconstruction_reduces_a_blocks_error(micro_fp, calib):
     """On the trained micro model (on random weights the statistics alone leave little to gain),
     at W4A8: reconstruction learns the weights' rounding, and with 4-bit activations the
-    trained model's MLP error is mostly the activations' (W4A4: 2.40 -> 2.27; W4A8: 0.80 -> 0.20)."""
+    trained model's MLP error is mostly the activations'. 1500 iterations: after 300, 94% of
+    the rounding is still soft, so the hard rounding evaluated is not the state optimized
+    (cross_attn_image_to_token 0.45 -> 0.90 after 300 iterations, 0.47 -> 0.31 after 1500)."""
     trained = build_model("micro", device="cpu")
     model = copy.deepcopy(trained)
     make("ptq4sam", w_bits=4, a_bits=8, agq=False, **{**SMALL, "components": ["mask_decoder"]}).apply(model, calib)
@@ -152,12 +154,12 @@ def test_reconstruction_reduces_a_blocks_error(micro_fp, calib):
         fp_calls = capture(trained, trained.get_submodule(name), calib.images, outputs=True)
         before = unit_error(unit, q_calls, fp_calls)
         with frozen_params(model, trained):
-            result = train(unit, q_calls, fp_calls, ReconSettings(iters=300))
+            result = train(unit, q_calls, fp_calls, ReconSettings(iters=1500))
         after = unit_error(unit, q_calls, fp_calls)
         assert after < 0.9 * before, (name, before, after)
         # the reported final loss is the evaluated state's (hard rounding, QDrop off)
         assert result["final_loss"] == pytest.approx(after, rel=1e-5)
-        assert 0 < result["undecided"] < 1  # 300 iterations leave part of the rounding soft
+        assert 0 < result["undecided"] < 1  # 1500 iterations leave part of the rounding soft
         assert all(q.active and getattr(q, "drop_prob", 1.0) == 1.0 for q in unit.modules() if hasattr(q, "spec")
                    and q.spec is not None)
     # the prompt-aware path of every FP stage reproduces the FP transformer's image tokens (the
