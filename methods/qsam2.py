@@ -117,10 +117,19 @@ def vrc_solve(G: torch.Tensor, H: torch.Tensor, W: torch.Tensor, rcond: float = 
     if ridge > 0:
         eye = torch.eye(G.shape[0], dtype=G.dtype, device=G.device)
         return torch.linalg.solve(G + ridge * G.diagonal().mean() * eye, C).t()
-    lam, V = torch.linalg.eigh(G)
+    # An input channel that is always 0 (common for a 4-bit quantized GELU output) is a zero row
+    # and column of G, and its weights are 0 in the least-norm solution; the eigendecomposition
+    # runs on the other channels only (LAPACK's fails to converge on some Gram matrices with
+    # hundreds of such channels; the eigenvalues dropped are zeros, so the cut-off is the same).
+    live = G.diagonal() > 0
+    sol = torch.zeros_like(C)
+    if not live.any():  # every input 0: any W' fits, the least-norm one is 0
+        return sol.t()
+    lam, V = torch.linalg.eigh(G[live][:, live])
     keep = lam > (rcond**2) * lam.max().clamp_min(0)
     inv = torch.where(keep, 1.0 / lam.where(keep, torch.ones_like(lam)), torch.zeros_like(lam))
-    return (V @ (inv[:, None] * (V.t() @ C))).t()
+    sol[live] = V @ (inv[:, None] * (V.t() @ C[live]))
+    return sol.t()
 
 
 def encoder_linears(model: nn.Module) -> dict[str, QuantLinear]:

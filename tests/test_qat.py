@@ -271,6 +271,29 @@ def test_vrc_solve_is_the_minimum_norm_least_squares_solution():
     assert abs(ours[:, 3] - ours[:, 8]).max() < 1e-8  # min norm splits the duplicated column
 
 
+def test_vrc_solve_with_channels_that_are_always_zero():
+    """A 4-bit GELU output leaves most of fc2's input channels at 0 on every calibration row:
+    LAPACK's eigh of such a Gram matrix can fail to converge (this one does, 768 channels of
+    which 65 live, sparse small integers); the solve is the least-norm one all the same."""
+    from methods.qsam2 import vrc_solve
+
+    torch.manual_seed(1)
+    A = torch.zeros(4096, 769, dtype=torch.float64)
+    live = torch.randperm(768)[:65]
+    A[:, live] = (torch.rand(4096, 65) < 0.05).double() * torch.randint(1, 3, (4096, 65)).double()
+    A[:, -1] = 1  # the bias column
+    B = A + 0.01 * torch.randn(A.shape, dtype=torch.float64)
+    W = torch.randn(5, 769, dtype=torch.float64)
+    ours = vrc_solve(A.t() @ A, A.t() @ B, W).numpy()
+    ref, *_ = np.linalg.lstsq(A.numpy(), (B @ W.t()).numpy(), rcond=1e-6)
+    assert np.allclose(ours, ref.T, atol=1e-8)
+    dead = np.ones(769, bool)
+    dead[live.numpy()], dead[-1] = False, False
+    assert (ours[:, dead] == 0).all()
+    zero = vrc_solve(torch.zeros(3, 3, dtype=torch.float64), torch.zeros(3, 3, dtype=torch.float64), W[:, :3])
+    assert (zero == 0).all()  # nothing to fit: the least-norm weights are 0
+
+
 def _encoder_inputs(model, layers, images):
     """FP inputs of each layer on `images` (all quantizers off)."""
     xs = {n: [] for n in layers}
