@@ -140,10 +140,11 @@ def test_lp_observer_picks_the_least_lp_error_of_its_grid(spec, relu, zp_steps):
 
 def test_reconstruction_reduces_a_blocks_error(micro_fp, calib):
     """On the trained micro model (on random weights the statistics alone leave little to gain),
-    at W4A8: reconstruction learns the weights' rounding, and with 4-bit activations the
-    trained model's MLP error is mostly the activations'. 1500 iterations: after 300, 94% of
-    the rounding is still soft, so the hard rounding evaluated is not the state optimized
-    (cross_attn_image_to_token 0.45 -> 0.90 after 300 iterations, 0.47 -> 0.31 after 1500)."""
+    at W4A8, so that the error is mostly the weights' rounding, which reconstruction learns
+    (4-bit activations add error that no rounding choice removes). 1500 iterations: after
+    300, 94% of the rounding is still soft, so the hard rounding evaluated is not the state
+    optimized (cross_attn_image_to_token 0.45 -> 0.90 after 300 iterations, 0.47 -> 0.31
+    after 1500)."""
     trained = build_model("micro", device="cpu")
     model = copy.deepcopy(trained)
     make("ptq4sam", w_bits=4, a_bits=8, agq=False, **{**SMALL, "components": ["mask_decoder"]}).apply(model, calib)

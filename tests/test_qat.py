@@ -273,8 +273,9 @@ def test_vrc_solve_is_the_minimum_norm_least_squares_solution():
 
 def test_vrc_solve_with_channels_that_are_always_zero():
     """A 4-bit GELU output leaves most of fc2's input channels at 0 on every calibration row:
-    LAPACK's eigh of such a Gram matrix can fail to converge (this one does, 768 channels of
-    which 65 live, sparse small integers); the solve is the least-norm one all the same."""
+    LAPACK's eigh of such a Gram matrix can fail to converge (this one did with the PyPI torch
+    2.14 CPU path: 768 channels of which 65 live, sparse small integers); the solve is the
+    least-norm one all the same."""
     from methods.qsam2 import vrc_solve
 
     torch.manual_seed(1)
