@@ -1,14 +1,15 @@
-"""Published numbers (`bench/data/paper_results.csv`) and their match with our result cells.
+"""What the papers say: published numbers (`bench/data/paper_results.csv`) matched to our cells,
+and the papers' claims (`bench/data/paper_claims.csv`) checked on a sweep's cells.
 
-The CSV is a verbatim copy of the project's curated list: one published figure per row, with
-its provenance (`paper`, `source`, `checked`: `yes` when read in the named source itself).
-Matching rules, so that a number is only set beside ours when it is the same cell:
+Both CSVs keep their provenance (`paper`, `source`; `checked: yes` when a number was read in
+the named source itself). Matching rules, so that a number is only set beside ours when it is
+the same cell:
 
 - model, task and metric names must be equal, with one translation: the papers' `instseg`
   `mAP` (PTQ4SAM / SAQ-SAM: masks prompted by detector boxes, COCO segm AP) is our `coco-map`
   task (our `instseg` prompts with GT boxes and reports mIoU);
-- the method name must be equal; an ablation variant matches the paper's `<method>-<variant>`
-  (our `saq-sam` variant `pcc-only` is the paper's `saq-sam-pcc-only`);
+- our (method, canonical variant) is translated into the paper's name by `PAPER_NAMES`; a
+  cell with a sweep `tag` (a budget study) never matches;
 - bits must be equal, the CSV's 32 meaning full precision (our null).
 
 Datasets are not matched: the paper's set (`prompts_or_dataset`) is carried into the table
@@ -18,28 +19,53 @@ so that a reader sees what was measured on what.
 from __future__ import annotations
 
 import csv
+import fnmatch
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from bench import BenchError
+from bench.results import Paired, bits_order, cell_index, cell_value, compare, metric
 
-PAPER_CSV = Path(__file__).parent / "data" / "paper_results.csv"
+DATA = Path(__file__).parent / "data"
+PAPER_CSV = DATA / "paper_results.csv"
+CLAIMS_CSV = DATA / "paper_claims.csv"
 COLUMNS = ("paper", "model", "prompts_or_dataset", "task", "metric", "method", "w_bits", "a_bits", "value",
            "source", "checked")
+CLAIM_COLUMNS = ("paper", "claim_id", "claim", "method", "variant", "against", "models", "w_bits", "a_bits", "task",
+                 "metric", "kind", "paper_value", "proxy_task", "proxy_metric", "source")
+CLAIM_KINDS = ("gain_over", "relative_gain_over", "drop_at_most", "ratio_at_least")
 TASK_ALIASES = {("instseg", "mAP"): "coco-map"}  # (paper task, metric) -> our task
 FULL_PRECISION = 32
+# (our method, canonical variant) -> the papers' name of that configuration
+PAPER_NAMES = {
+    ("fp", ""): "fp",
+    ("rtn", "preset=ptq4sam"): "minmax",  # min/max ranges with the protocol's full-precision list
+    ("ptq4sam", "S"): "ptq4sam-s",
+    ("ptq4sam", "L"): "ptq4sam-l",
+    ("ptq4sam", "L-noBIG-noAGQ"): "qdrop",  # QDrop block reconstruction without PTQ4SAM's additions
+    ("saqsam", "PCC+PAR"): "saq-sam",
+    ("saqsam", "PCC"): "saq-sam-pcc-only",
+    ("saqsam", "PAR"): "saq-sam-par-only",
+}
+VERDICTS = ("reproduced", "contradicted", "inconclusive", "not measured by this sweep")
 
 
-def load_paper(path: Path = PAPER_CSV) -> pd.DataFrame:
-    """The published rows with `task` in our names and bits as int or None (full precision)."""
+def read_csv(path: Path, columns: tuple[str, ...], what: str) -> list[dict[str, str]]:
     try:
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
     except OSError as e:
-        raise BenchError(f"{path}: cannot read the published numbers ({e.strerror})") from None
-    if rows and set(COLUMNS) - set(rows[0]):
-        raise BenchError(f"{path}: missing columns {sorted(set(COLUMNS) - set(rows[0]))}")
+        raise BenchError(f"{path}: cannot read the {what} ({e.strerror})") from None
+    if rows and set(columns) - set(rows[0]):
+        raise BenchError(f"{path}: missing columns {sorted(set(columns) - set(rows[0]))}")
+    return rows
+
+
+def load_paper(path: Path = PAPER_CSV) -> pd.DataFrame:
+    """The published rows with `task` in our names and bits as int or None (full precision)."""
+    rows = read_csv(path, COLUMNS, "published numbers")
     for r in rows:
         r["task"] = TASK_ALIASES.get((r["task"], r["metric"]), r["task"])
         for key in ("w_bits", "a_bits"):
@@ -48,24 +74,120 @@ def load_paper(path: Path = PAPER_CSV) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(COLUMNS), dtype=object)
 
 
-def paper_method(method: str, variant: str) -> str:
-    """How the CSV names our method (and ablation variant)."""
-    return f"{method}-{variant}" if variant else method
+def paper_method(method: str, variant: str, tag: str = "") -> str | None:
+    """How the papers name our method and canonical variant (None: no published counterpart)."""
+    return None if tag else PAPER_NAMES.get((method, variant))
 
 
 def match(ours: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
-    """One row per (our value, published value) pair of the same cell: our columns `model,
-    method, variant, w_bits, a_bits, task, metric, value, data` plus the paper's `paper,
-    prompts_or_dataset, source, checked` and `published`, and `diff` = ours - published."""
-    published = {}
+    """One row per (our value, published value) pair of the same cell: our long-form columns
+    (with `raw_variant` and `tag`) plus the paper's `paper, prompts_or_dataset, source,
+    checked` and `published`, and `diff` = ours - published."""
+    published: dict[tuple, list[dict]] = {}
     for r in paper.to_dict("records"):
         key = (r["model"], r["method"], r["w_bits"], r["a_bits"], r["task"], r["metric"])
         published.setdefault(key, []).append(r)
     rows = []
     for r in ours.to_dict("records"):
-        key = (r["model"], paper_method(r["method"], r["variant"]), r["w_bits"], r["a_bits"], r["task"], r["metric"])
-        for p in published.get(key, []):
+        name = paper_method(r["method"], r["raw_variant"], r["tag"])
+        key = (r["model"], name, r["w_bits"], r["a_bits"], r["task"], r["metric"])
+        for p in published.get(key, []) if name else []:
             rows.append({**r, "paper": p["paper"], "prompts_or_dataset": p["prompts_or_dataset"],
                          "source": p["source"], "checked": p["checked"], "published": p["value"],
                          "diff": r["value"] - p["value"]})
     return pd.DataFrame(rows)
+
+
+# -- claims --------------------------------------------------------------------------------------
+def load_claims(path: Path = CLAIMS_CSV) -> list[dict[str, Any]]:
+    """The claims ledger; each row a comparison the harness can evaluate."""
+    rows = read_csv(path, CLAIM_COLUMNS, "claims")
+    for i, r in enumerate(rows, start=2):
+        if r["kind"] not in CLAIM_KINDS:
+            raise BenchError(f"{path}: line {i}: kind {r['kind']!r}; allowed: {', '.join(CLAIM_KINDS)}")
+        r["paper_value"] = float(r["paper_value"]) if r["paper_value"] else None
+        r["against"] = [tuple((a.split(":", 1) + [""])[:2]) for a in r["against"].split(";") if a]
+    return rows
+
+
+def _bits_match(spec: str, bits: int | None) -> bool:
+    return spec == "any" or (bits is not None and str(bits) in spec.split(";"))
+
+
+def _places(claim: dict, index: dict[tuple, dict]) -> list[tuple[str, tuple, bool]]:
+    """(task, key of our claimed cell, proxy or not) for every model and bits the sweep has the
+    claimed method at: on the claim's task, else on its proxy task."""
+    places = []
+    for task, proxy in ((claim["task"], False), (claim["proxy_task"], True)):
+        found = [k for k in index if task and k[1] == claim["method"] and index[k]["raw_variant"] == claim["variant"]
+                 and not index[k]["tag"] and k[5] == task and _bits_match(claim["w_bits"], k[3])
+                 and _bits_match(claim["a_bits"], k[4])]
+        if found:
+            return [(task, k, proxy) for k in sorted(found, key=lambda k: (k[0], bits_order(k[3], k[4])))]
+    return places
+
+
+def _baseline(index: dict[tuple, dict], key: tuple, against: list[tuple[str, str]], m) -> tuple[dict | None, str]:
+    """The comparison cell: the named one at the same model, bits (FP: none) and task; of
+    several (`lsq;pact`), the best by value."""
+    model, _, _, w, a, task = key
+    found = []
+    for method, variant in against:
+        bits = (None, None) if method == "fp" else (w, a)
+        for k, r in index.items():
+            if k[:2] == (model, method) and k[3:] == (*bits, task) and r["raw_variant"] == variant and not r["tag"]:
+                found.append((cell_value(r, m), f"{method} {variant}".strip(), r))
+    found = [f for f in found if f[0] is not None]
+    if not found:
+        return None, ""
+    value, name, row = (max if m.higher else min)(found, key=lambda f: f[0])
+    return row, name
+
+
+def evaluate_claims(cells: pd.DataFrame, claims: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per claim and place it can be checked (model, bits, task): ours with its interval and a
+    verdict; a claim the sweep cannot check gets one row 'not measured by this sweep'."""
+    index = cell_index(cells)
+    out = []
+    for c in claims:
+        rows = []
+        for task, key, proxy in _places(c, index):
+            m = metric(task, c["proxy_metric"] if proxy else c["metric"])
+            if m is None:
+                continue
+            row = index[key]
+            if c["kind"] == "ratio_at_least":
+                value = cell_value(row, m)
+                verdict = VERDICTS[3] if value is None else VERDICTS[0] if value >= c["paper_value"] else VERDICTS[1]
+                rows.append({**c, "where": key, "metric_used": m, "proxy": proxy, "baseline": "bf16", "ours": value,
+                             "low": None, "high": None, "n_items": None, "verdict": verdict})
+                continue
+            base, name = _baseline(index, key, c["against"], m)
+            p = compare(row, base, m) if base is not None else None
+            if p is None:
+                continue
+            rows.append({**c, "where": key, "metric_used": m, "proxy": proxy, "baseline": name,
+                         **claim_verdict(c, p, cell_value(base, m))})
+        out += rows or [{**c, "where": None, "verdict": VERDICTS[3]}]
+    return out
+
+
+def claim_verdict(c: dict, p: Paired, base_value: float | None) -> dict[str, Any]:
+    """Ours as the claim states it (a gain, a relative gain in % of the baseline, or a drop),
+    its interval, and the verdict: reproduced when the interval lies on the claim's side,
+    contradicted when it lies on the other, else inconclusive. A claimed size ('up to +9.7') is
+    shown beside ours, not required: the papers' figures are their best cases."""
+    if c["kind"] == "drop_at_most":
+        drop, low, high = -p.delta, -p.high, -p.low
+        bound = c["paper_value"]
+        verdict = VERDICTS[0] if high <= bound else VERDICTS[1] if low > bound else VERDICTS[2]
+        return {"ours": drop, "low": low, "high": high, "n_items": p.n_items, "verdict": verdict}
+    scale = 100.0 / base_value if c["kind"] == "relative_gain_over" and base_value else 1.0
+    verdict = VERDICTS[0] if p.low > 0 else VERDICTS[1] if p.high < 0 else VERDICTS[2]
+    return {"ours": p.delta * scale, "low": p.low * scale, "high": p.high * scale, "n_items": p.n_items,
+            "verdict": verdict}
+
+
+def model_matches(claim: dict, model: str) -> bool:
+    return any(fnmatch.fnmatch(model, pat) for pat in claim["models"].split(";"))
+

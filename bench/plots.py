@@ -3,9 +3,10 @@
     plots/<task>_<metric>_vs_bits.png|.pdf  a line per method (+variant), a panel per model, FP dashed
     plots/<task>_<metric>_vs_size.png|.pdf  a point per cell, a panel per model, Pareto front joined
 
-Called by `bench.report` (`write_plots`); reads only the cells table that `bench.report.load_cells`
-builds. Matplotlib and seaborn are imported on first use. PNG and PDF carry no creation dates,
-so a report is byte-identical between runs on the same records.
+Called by `bench.report` (`write_plots`); reads only the cells table that `bench.results.load_cells`
+builds. Error bars: the cells' 95% bootstrap intervals. Matplotlib and seaborn are imported on
+first use. PNG and PDF carry no creation dates, so a report is byte-identical between runs on
+the same records.
 """
 
 from __future__ import annotations
@@ -15,18 +16,21 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.report import (
+from bench.results import (
     CELL_KEY,
-    SIZE,
     Metric,
     bits_label,
+    cell_interval,
     cell_order,
     cell_value,
     expected_cells,
+    metric,
     model_order,
     table_columns,
     table_metrics,
 )
+
+SIZE = metric("size", "size_bytes")
 
 
 def write_plots(cells: pd.DataFrame, folder: Path) -> list[str]:
@@ -74,8 +78,9 @@ def save(fig, stem: Path) -> None:
     fig.savefig(stem.with_suffix(".pdf"), metadata={"CreationDate": None, "Producer": None, "Creator": None})
 
 
-def axis_label(metric: Metric) -> str:
-    return f"{metric.label} (%), {'higher' if metric.higher else 'lower'} is better"
+def axis_label(m: Metric) -> str:
+    unit = "" if m.unit == "count" else f" ({m.unit})"
+    return f"{m.label}{unit}, {'higher' if m.higher else 'lower'} is better"
 
 
 def plot_vs_bits(cells: pd.DataFrame, metric: Metric, stem: Path) -> None:
@@ -99,6 +104,12 @@ def plot_vs_bits(cells: pd.DataFrame, metric: Metric, stem: Path) -> None:
                 continue
             ax.plot(range(len(bits)), [math.nan if y is None else y for y in ys], color=st["color"], ls=st["ls"],
                     marker=st["marker"], ms=6, lw=1.8, label=st["label"], zorder=3)
+            bars = [(x, y, cell_interval(index.get(k), metric)) for x, (k, y) in enumerate(zip(keys, ys))]
+            bars = [(x, y, ci) for x, y, ci in bars if y is not None and ci is not None]
+            if bars:
+                ax.errorbar([x for x, _, _ in bars], [y for _, y, _ in bars], color=st["color"], fmt="none",
+                            yerr=[[y - ci[0] for _, y, ci in bars], [ci[1] - y for _, y, ci in bars]], capsize=3,
+                            lw=1.0, zorder=2)
             lost = [x for x, (k, y) in enumerate(zip(keys, ys)) if k in grid and y is None]
             if lost:  # on the x axis; left out of the layout (an empty blended line breaks it)
                 ax.plot(lost, [0.0] * len(lost), "X", color=st["color"], mec="black", ms=10, zorder=4,
@@ -169,7 +180,7 @@ def plot_vs_size(cells: pd.DataFrame, metric: Metric, stem: Path) -> bool:
         ax.margins(x=0.15, y=0.12)
         ax.xaxis.set_major_formatter("{x:g}")
         ax.set_title(model)
-        ax.set_xlabel("packed model size (MiB, log scale), smaller is better")
+        ax.set_xlabel(f"packed model size ({SIZE.unit}, log scale), smaller is better")
     axes[0].set_ylabel(axis_label(metric))
     add_legend(fig, axes)
     fig.suptitle(f"{metric.task}: {metric.label} vs packed model size (best: top left)", fontweight="bold")

@@ -1,21 +1,20 @@
-"""Result records: one JSON object per cell, with what is needed to trust and reproduce it."""
+"""The environment part of a result record: what is needed to trust and reproduce it (git commit,
+library versions, device, host, date). Records are written and read by `bench.results`."""
 
 from __future__ import annotations
 
 import datetime as _dt
-import json
-import os
 import platform
 import socket
 import subprocess
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
 
-SCHEMA_VERSION = 1
+from bench.results import SCHEMA_VERSION
+
 PACKAGES = ("torch", "torchvision", "rf-sam-2", "numpy", "pycocotools", "safetensors")
 
 
@@ -57,21 +56,3 @@ def environment(device: str) -> dict[str, Any]:
         "host": socket.gethostname(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """Write JSON to a temporary file in the same folder, fsync, then rename over `path`:
-    readers see the old file or the whole new one, never a truncated one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True, allow_nan=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -39,10 +39,8 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,25 +48,24 @@ from typing import Any
 import yaml
 
 from bench import BenchError
-from bench.report import CELL_KEY, cell_name, cell_order, numeric, read_record
+from bench.results import (
+    CELL_KEY,
+    DEFAULT_TOLERANCE,
+    METRICS,
+    cell_key,
+    cell_name,
+    cell_order,
+    is_timing,
+    load_records,
+    numeric,
+    tolerance,
+    write_json_atomic,
+)
 
 FORMAT = 1
 REFERENCE_NAMES = ("reference.json", "reference.yaml", "reference.yml")
-TIMING_RE = re.compile(r"fps|latency|throughput|time|(^|_)(s|ms|sec|seconds)$", re.IGNORECASE)
-# tolerances written by --write-reference (absolute): scores are x100, counts and bytes exact
-DEFAULT_TOLERANCE = 1.0
-TOLERANCES: dict[str, float] = {
-    **dict.fromkeys(["J&F", "J", "F", "mIoU", "mIoU_small", "mIoU_medium", "mIoU_large", "mAP"], 1.0),
-    **dict.fromkeys(["n", "n_small", "n_medium", "n_large", "frames", "sequences", "images", "detections",
-                     "size_bytes", "size_bound_bytes", "bf16_bytes"], 0),
-    **dict.fromkeys(["x_smaller_than_bf16", "overhead_vs_bound"], 0.01),
-}
 Key = tuple  # (model, method, variant, w_bits, a_bits, task)
 Number = int | float
-
-
-def is_timing(metric: str) -> bool:
-    return bool(TIMING_RE.search(metric))
 
 
 @dataclass
@@ -86,28 +83,18 @@ class Reference:
 def load_results(folder: Path, rename: dict[str, str]) -> tuple[dict[Key, dict], list[str]]:
     """The records of `folder` by cell key (of two records of a cell: the ok one, then the
     newest), with methods renamed by `rename` (NEW -> OLD); notes on what was set aside."""
-    if not folder.is_dir():
-        raise BenchError(f"{folder}: no such results folder")
-    files = sorted(p for p in folder.glob("*.json") if not p.name.startswith("."))
-    if not files:
-        raise BenchError(f"{folder}: no result records (*.json) in this folder")
-    best: dict[Key, tuple] = {}
-    aside: set[str] = set()
-    for path in files:
-        rec = read_record(path)
-        if rec["method"] in rename.values() and rec["method"] not in rename:
-            aside.add(rec["method"])
+    records, _ = load_records(folder, key=cell_key)
+    aside = {rec["method"] for rec in records if rec["method"] in rename.values() and rec["method"] not in rename}
+    ours = {}
+    for rec in records:
+        if rec["method"] in aside:
             continue
         if rec["method"] in rename:
             rec = {**rec, "method": rename[rec["method"]], "ours_as": rec["method"]}
-        rec = {**rec, "variant": rec.get("variant") or ""}
-        key = tuple(rec.get(k) for k in CELL_KEY)
-        rank = (rec["status"] == "ok", str(rec.get("date", "")), path.name)
-        if key not in best or rank > best[key][0]:
-            best[key] = (rank, rec)
+        ours[cell_key(rec)] = rec
     notes = [f"records of method {m} set aside: --as compares {', '.join(n for n, o in rename.items() if o == m)} "
              f"in its place" for m in sorted(aside)]
-    return {k: v[1] for k, v in best.items()}, notes
+    return ours, notes
 
 
 # -- the reference ------------------------------------------------------------------------------
@@ -284,7 +271,7 @@ def check(results: Path, against: Path, rename: dict[str, str]) -> int:
 
 
 # -- writing a reference ------------------------------------------------------------------------
-def reference_doc(ours: dict[Key, dict], metrics: list[str] | None, tolerance: dict[str, float],
+def reference_doc(ours: dict[Key, dict], metrics: list[str] | None, tolerances: dict[str, float],
                   results: Path) -> tuple[dict[str, Any], list[str]]:
     """The reference of every ok record (and warnings for the cells left out)."""
     ok = {k: r for k, r in ours.items() if r["status"] == "ok"}
@@ -309,27 +296,12 @@ def reference_doc(ours: dict[Key, dict], metrics: list[str] | None, tolerance: d
                  "torch": seen(lambda r: (r.get("versions") or {}).get("torch")),
                  "devices": seen(lambda r: (r.get("device") or {}).get("cpu") or (r.get("device") or {}).get("gpu")),
                  "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-    default = tolerance.get("default", DEFAULT_TOLERANCE)
-    tol = {m: tolerance.get(m, TOLERANCES.get(m, default)) for m in checked}
+    default = tolerances.get("default", DEFAULT_TOLERANCE)
+    known = {m.key for m in METRICS}
+    tol = {m: tolerances.get(m, tolerance(m) if m in known else default) for m in checked}
     doc = {"format": FORMAT, "checked_metrics": checked, "tolerance": tol, "default_tolerance": default,
            "cells": cells, "made_from": made_from}
     return doc, left_out
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Temporary file in the same folder, fsync, rename: the old reference or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(obj, indent=2, allow_nan=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_reference(results: Path, folder: Path, rename: dict[str, str], tolerance: dict[str, float],
@@ -399,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="treat our records of method NEW as method OLD (our OLD records are set aside)")
     p.add_argument("--tolerance", metavar="METRIC=TOL[,...]", type=parse_tolerance, action="append", default=[],
                    help="with --write-reference: absolute tolerances; 'default=TOL' for metrics not listed "
-                        f"(built-in: scores {TOLERANCES['J&F']:g}, counts and bytes 0, other {DEFAULT_TOLERANCE:g})")
+                        f"(built-in: scores {tolerance('J&F'):g}, counts and bytes 0, other {DEFAULT_TOLERANCE:g})")
     p.add_argument("--metrics", metavar="METRIC[,...]", type=parse_metrics,
                    help="with --write-reference: the metrics to check (default: every numeric non-timing metric)")
     return p

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import re
 import shutil
@@ -48,176 +47,132 @@ from typing import Any
 import pandas as pd
 
 from bench import BenchError
-from bench.paper import PAPER_CSV, load_paper, match
+from bench.paper import PAPER_CSV, VERDICTS, evaluate_claims, load_claims, load_paper, match, model_matches
+from bench.plots import write_plots
+from bench.results import (
+    CELL_KEY,
+    ITEMS,
+    METRICS,
+    Metric,
+    Paired,
+    baseline_row,
+    bits_label,
+    cell_index,
+    cell_interval,
+    cell_name,
+    cell_order,
+    cell_value,
+    compare,
+    expected_cells,
+    load_cells,
+    missing_cells,
+    numeric,
+    table_columns,
+    table_metrics,
+)
 
-CELL_KEY = ["model", "method", "variant", "w_bits", "a_bits", "task"]
-SIZE_RANK = {"micro": 0, "t": 1, "s": 2, "b+": 3, "l": 4}
-MIB = 2**20
-
-
-@dataclass(frozen=True)
-class Metric:
-    """How a task metric is tabled: label, direction, scale and decimals."""
-
-    task: str
-    key: str
-    label: str
-    higher: bool
-    scale: float = 1.0
-    digits: int = 1
-    headline: bool = False
-
-    @property
-    def stem(self) -> str:
-        return re.sub(r"[^a-z0-9]+", "_", f"{self.task}_{self.key}".replace("&", "").lower()).strip("_")
-
-
-# directions as in the tasks' HIGHER_IS_BETTER (a test keeps them equal; importing the tasks imports torch)
-METRICS = [
-    Metric("vos", "J&F", "J&F", True, headline=True),
-    Metric("vos", "J", "J", True),
-    Metric("vos", "F", "F", True),
-    Metric("instseg", "mIoU", "mIoU", True, headline=True),
-    Metric("instseg", "mIoU_small", "mIoU small", True),
-    Metric("instseg", "mIoU_medium", "mIoU medium", True),
-    Metric("instseg", "mIoU_large", "mIoU large", True),
-    Metric("coco-map", "mAP", "mAP", True, headline=True),
-    Metric("size", "size_bytes", "packed size (MiB)", False, scale=1 / MIB, digits=2, headline=True),
-    Metric("size", "x_smaller_than_bf16", "x smaller than BF16", True, digits=2),
-]
-SIZE = METRICS[-2]
+BASELINES = ("fp", "rtn")
 
 
-# -- records -> DataFrame ------------------------------------------------------------------------
-def read_record(path: Path) -> dict[str, Any]:
-    """One record, checked enough to be tabled; a corrupt one is a BenchError naming the file."""
-    try:
-        rec = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise BenchError(f"{path}: corrupt result record ({str(e).splitlines()[0]})") from None
-    if not isinstance(rec, dict):
-        raise BenchError(f"{path}: corrupt result record (expected a JSON object)")
-    missing = [k for k in ("model", "method", "task", "status") if not isinstance(rec.get(k), str)]
-    bad_bits = [k for k in ("w_bits", "a_bits") if rec.get(k) is not None and type(rec.get(k)) is not int]
-    if missing or bad_bits or not isinstance(rec.get("metrics", {}), dict):
-        what = f"missing or not a string: {', '.join(missing)}" if missing else "w_bits/a_bits/metrics of wrong type"
-        raise BenchError(f"{path}: corrupt result record ({what})")
-    return rec
-
-
-def data_used(rec: dict[str, Any]) -> str:
-    """The dataset a cell was measured on: last two parts of its root folder, and the split."""
-    cell = (rec.get("config") or {}).get("cell") or {}
-    root = cell.get("davis_root" if rec["task"] == "vos" else "coco_root")
-    return f"{'/'.join(Path(root).parts[-2:])} {cell.get('split', 'val')}" if root else ""
-
-
-def load_cells(folder: Path) -> pd.DataFrame:
-    """One row per cell (the records of `folder/*.json`), sorted; of two records of the same
-    cell the ok one, then the newest, is kept."""
-    if not folder.is_dir():
-        raise BenchError(f"{folder}: no such results folder")
-    files = sorted(p for p in folder.glob("*.json") if not p.name.startswith("."))
-    if not files:
-        raise BenchError(f"{folder}: no result records (*.json) in this folder")
-    rows = []
-    for path in files:
-        rec = read_record(path)
-        error = str(rec.get("error") or "").strip()
-        rows.append({"model": rec["model"], "method": rec["method"], "variant": rec.get("variant") or "",
-                     "w_bits": rec.get("w_bits"), "a_bits": rec.get("a_bits"), "task": rec["task"],
-                     "status": rec["status"], "error": error.splitlines()[0] if error else "",
-                     "metrics": rec.get("metrics") or {}, "data": data_used(rec),
-                     "rank": (rec["status"] == "ok", str(rec.get("date", "")), path.name)})
-    best: dict[tuple, dict] = {}
-    for r in rows:
-        key = tuple(r[k] for k in CELL_KEY)
-        if key not in best or r["rank"] > best[key]["rank"]:
-            best[key] = r
-    kept = sorted(best.values(), key=lambda r: cell_order(*(r[k] for k in CELL_KEY)))
-    frame = pd.DataFrame(kept, columns=[*CELL_KEY, "status", "error", "metrics", "data"], dtype=object)
-    frame.attrs["duplicates"] = len(rows) - len(kept)
-    return frame
-
-
-def model_order(model: str) -> tuple:
-    family, _, size = model.rpartition("-")
-    return (family, SIZE_RANK.get(size, len(SIZE_RANK)), model)
-
-
-def bits_order(w: int | None, a: int | None) -> tuple[int, int]:
-    return (w or 32, a or 32)
-
-
-def cell_order(model, method, variant, w, a, task, metric: str = "") -> tuple:
-    baseline = {"fp": 0, "rtn": 1}.get(method, 2)  # FP, then RTN, then the methods A-Z
-    return (model_order(model), baseline, method, variant != "", variant, bits_order(w, a), task, metric)
-
-
-def bits_label(method: str, w: int | None, a: int | None) -> str:
-    return "FP" if method == "fp" else f"W{w or 'fp'}A{a or 'fp'}"
-
-
-def expected_cells(cells: pd.DataFrame) -> list[tuple]:
-    """The sweep's grid as the records show it: every model x task x (method, variant, bits)."""
-    combos = {(r["method"], r["variant"], r["w_bits"], r["a_bits"]) for r in cells.to_dict("records")}
-    grid = [(m, *c[:2], *c[2:], t) for m in set(cells["model"]) for c in combos for t in set(cells["task"])]
-    return sorted(grid, key=lambda k: cell_order(*k))
-
-
-def missing_cells(cells: pd.DataFrame) -> list[tuple]:
-    have = {tuple(r) for r in cells[CELL_KEY].itertuples(index=False)}
-    return [k for k in expected_cells(cells) if k not in have]
-
-
-def numeric(v: Any) -> float | None:
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    return float(v) if ok else None
-
-
+# -- cells -> long form --------------------------------------------------------------------------
 def long_form(cells: pd.DataFrame) -> pd.DataFrame:
-    """One row per cell and metric (numeric metrics of ok cells; one row for a failed or missing
-    cell, value empty), sorted."""
+    """One row per cell and metric (numeric metrics of ok cells, with the interval and number
+    of items where the cell has items; one row for a failed or missing cell, value empty),
+    sorted."""
     rows = []
     for r in cells.to_dict("records"):
-        base = {k: r[k] for k in CELL_KEY} | {"status": r["status"], "error": r["error"], "data": r["data"]}
+        base = {k: r[k] for k in CELL_KEY} | {"status": r["status"], "error": r["error"], "data": r["data"],
+                                               "seeds": len(r["seeds"])}
         metrics = {k: v for k, v in r["metrics"].items() if v is None or numeric(v) is not None}
         if r["status"] != "ok" or not metrics:
             rows.append(base | {"metric": "", "value": None})
-        rows += [base | {"metric": k, "value": numeric(v)} for k, v in metrics.items() if r["status"] == "ok"]
+        for k, v in metrics.items():
+            if r["status"] != "ok":
+                continue
+            lo_hi = r["intervals"].get(k) if r["intervals"] else None
+            rows.append(base | {"metric": k, "value": numeric(v), "ci_low": lo_hi[0] if lo_hi else None,
+                                "ci_high": lo_hi[1] if lo_hi else None,
+                                "n_items": len(r["items"]) if lo_hi else None, "seed_sd": r["spread"].get(k)})
     for k in missing_cells(cells):
         rows.append(dict(zip(CELL_KEY, k)) | {"status": "missing", "error": "", "data": "", "metric": "",
-                                              "value": None})
+                                              "value": None, "seeds": 0})
     rows.sort(key=lambda r: cell_order(*(r[k] for k in CELL_KEY), r["metric"]))
-    return pd.DataFrame(rows, columns=[*CELL_KEY, "metric", "value", "status", "error", "data"], dtype=object)
+    columns = [*CELL_KEY, "metric", "value", "ci_low", "ci_high", "n_items", "seeds", "seed_sd", "status", "error",
+               "data"]
+    return pd.DataFrame(rows, columns=columns, dtype=object)
+
+
+def blank(v: Any) -> str:
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else repr(v) if isinstance(v, float) else str(v)
 
 
 def write_summary(long: pd.DataFrame, path: Path) -> None:
-    """summary.csv: bits empty for full precision, values in full precision (repr)."""
+    """summary.csv: bits empty for full precision, values in full precision (repr); `ci_low`,
+    `ci_high`: the 95% bootstrap interval, `n_items` the items it resamples; `seeds`, `seed_sd`:
+    replicate runs of the cell and the standard deviation of their values."""
     with open(path, "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
-        w.writerow([*CELL_KEY[:5], "bits", "task", "metric", "value", "status", "error"])
+        w.writerow([*CELL_KEY[:5], "bits", "task", "metric", "value", "ci_low", "ci_high", "n_items", "seeds",
+                    "seed_sd", "status", "error"])
         for r in long.to_dict("records"):
-            value = "" if r["value"] is None else repr(r["value"])
             bits = ["" if r[k] is None else r[k] for k in ("w_bits", "a_bits")]
             w.writerow([r["model"], r["method"], r["variant"], *bits, bits_label(r["method"], r["w_bits"], r["a_bits"]),
-                        r["task"], r["metric"], value, r["status"], r["error"]])
+                        r["task"], r["metric"], *(blank(r[k]) for k in ("value", "ci_low", "ci_high", "n_items")),
+                        r["seeds"], blank(r["seed_sd"]), r["status"], r["error"]])
+
+
+# -- paired comparisons --------------------------------------------------------------------------
+PAIRED_COLUMNS = ["model", "method", "variant", "w_bits", "a_bits", "task", "metric", "baseline", "delta", "ci_low",
+                  "ci_high", "n_items"]
+
+
+def paired_rows(cells: pd.DataFrame) -> list[dict[str, Any]]:
+    """Every method cell against FP of its model and RTN at its bits (not itself), on the items
+    both scored: the difference and its paired bootstrap interval, per metric with items."""
+    index = cell_index(cells)
+    rows = []
+    for key, r in index.items():
+        if r["method"] == "fp" or r["task"] not in ITEMS or r["status"] != "ok":
+            continue
+        for baseline in BASELINES:
+            base = baseline_row(index, key, baseline)
+            if base is None or base is r:
+                continue
+            for m in [m for m in METRICS if m.task == r["task"] and m.key in r["intervals"]]:
+                p = compare(r, base, m)
+                if p is not None:
+                    rows.append({**{k: r[k] for k in CELL_KEY}, "metric": m.key, "baseline": baseline,
+                                 "delta": p.delta, "ci_low": p.low, "ci_high": p.high, "n_items": p.n_items})
+    return rows
+
+
+def write_paired(rows: list[dict[str, Any]], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(PAIRED_COLUMNS)
+        for r in rows:
+            w.writerow([blank(r[k]) if k in ("delta", "ci_low", "ci_high") else "" if r[k] is None else r[k]
+                        for k in PAIRED_COLUMNS])
 
 
 # -- one table builder, two writers --------------------------------------------------------------
 @dataclass(frozen=True)
-class Cell:
+class TableCell:
+    """One cell of a rendered table (not an experiment cell)."""
+
     text: str = ""  # a number as formatted, or a label
+    pm: str = ""  # half the width of its 95% interval, formatted
     bold: bool = False
     dash: bool = False  # failed or missing
     dagger: bool = False  # published value not checked against its source
+    mark: bool = False  # a difference whose interval excludes 0
 
 
 @dataclass
 class Table:
     title: str
     columns: list[tuple[str, str]]  # (group, label); the first column holds the row labels
-    rows: list[tuple[int, list[Cell]]]  # (indent, cells)
+    rows: list[tuple[int, list[TableCell]]]  # (indent, cells)
     notes: list[str] = field(default_factory=list)
     higher: bool | None = None  # direction shown in the title
     align: str = ""  # "l" or "r" per column; default: labels left, the rest right
@@ -229,24 +184,6 @@ class Table:
 def fmt(v: float, digits: int, signed: bool = False) -> str:
     text = f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
     return f"{0:.{digits}f}" if float(text) == 0 else text  # no "+0.0" / "-0.0"
-
-
-def cell_value(rec: dict | None, metric: Metric) -> float | None:
-    if rec is None or rec["status"] != "ok":
-        return None
-    v = numeric(rec["metrics"].get(metric.key))
-    return None if v is None else v * metric.scale
-
-
-def table_columns(cells: pd.DataFrame, task: str) -> list[tuple[str, int | None, int | None]]:
-    """(model, w, a) per column: every quantized bit configuration of the model's grid, or one
-    FP column for a model with only the FP row."""
-    grid = [k for k in expected_cells(cells) if k[5] == task]
-    cols = []
-    for model in sorted({k[0] for k in grid}, key=model_order):
-        bits = sorted({(k[3], k[4]) for k in grid if k[0] == model and k[1] != "fp"}, key=lambda b: bits_order(*b))
-        cols += [(model, w, a) for w, a in bits] or [(model, None, None)]
-    return cols
 
 
 def table_rows(cells: pd.DataFrame, task: str) -> list[tuple[str, str | None]]:
@@ -262,56 +199,104 @@ def table_rows(cells: pd.DataFrame, task: str) -> list[tuple[str, str | None]]:
     return rows
 
 
-def metric_table(cells: pd.DataFrame, metric: Metric, delta: bool = False) -> Table:
-    """THE table builder: rows = methods (+ variants), columns = model x bits; `delta`: each
-    quantized value minus the FP value of the same model."""
-    index = {tuple(r[k] for k in CELL_KEY): r for r in cells.to_dict("records")}
+@dataclass
+class Value:
+    """What one table cell shows: a number (None: failed or missing; "": not in the sweep),
+    the half-width of its interval, and whether a difference's interval excludes 0."""
+
+    v: float | None | str
+    pm: float | None = None
+    mark: bool = False
+
+
+def cell_entry(row: dict | None, base: dict | None, m: Metric, delta: bool) -> Value:
+    """A cell's value (or its difference to `base`, paired on the items both scored)."""
+    v = cell_value(row, m)
+    if not delta or row is None or row["method"] == "fp" and base is None:
+        ci = cell_interval(row, m)
+        return Value(v, None if ci is None or v is None else (ci[1] - ci[0]) / 2)
+    b = cell_value(base, m)
+    if v is None or b is None:
+        return Value(None)
+    p: Paired | None = compare(row, base, m)
+    if p is None:
+        return Value(v - b)
+    return Value(p.delta, (p.high - p.low) / 2, p.significant)
+
+
+def metric_table(cells: pd.DataFrame, m: Metric, baseline: str | None = None) -> Table:
+    """THE table builder: rows = methods (+ variants), columns = model x bits; with `baseline`
+    ("fp" or "rtn"), each value is the difference to that baseline of the same model (and bits),
+    paired on the items both scored."""
+    index = cell_index(cells)
     grid = set(expected_cells(cells))
-    columns = table_columns(cells, metric.task)
-    fp = {m: cell_value(index.get((m, "fp", "", None, None, metric.task)), metric) for m, _, _ in columns}
-    body = []  # values: a number, None (failed or missing) or "" (not in the sweep)
-    for method, variant in table_rows(cells, metric.task):
-        values: list[float | None | str] = []
+    columns = table_columns(cells, m.task)
+    body = []
+    for method, variant in table_rows(cells, m.task):
+        if baseline == "rtn" and (method, variant) in (("rtn", ""), ("rtn", None)):
+            continue  # RTN against itself
+        values: list[Value] = []
         for model, w, a in columns:
-            key = (model, method, variant, *((None, None) if method == "fp" else (w, a)), metric.task)
-            v = cell_value(index.get(key), metric) if key in grid else ""
-            if delta and method != "fp" and v != "":
-                v = None if v is None or fp[model] is None else v - fp[model]
-            values.append(v)
-        label = variant or (f"{method} (absolute)" if delta and method == "fp" else method)
-        body.append({"indent": int(bool(variant)), "label": label, "fp": method == "fp", "values": values})
-    best = column_best(body, metric, signed=delta)
+            key = (model, method, variant, *((None, None) if method == "fp" else (w, a)), m.task)
+            if key not in grid:
+                values.append(Value(""))
+                continue
+            base = None
+            if baseline and method != "fp":
+                base = baseline_row(index, key, baseline) or {"status": "missing"}
+            elif baseline == "rtn":  # the fp row of an RTN table shows RTN's own value
+                base_key = (model, "rtn", "", w, a, m.task)
+                values.append(cell_entry(baseline_row(index, base_key, "rtn"), None, m, False))
+                continue
+            values.append(cell_entry(index.get(key), base, m, bool(baseline)))
+        if baseline == "rtn" and method == "fp":
+            label = "rtn (absolute)"
+        else:
+            label = variant or (f"{method} (absolute)" if baseline and method == "fp" else method)
+        body.append({"indent": int(bool(variant)), "label": label, "ref": method == "fp", "values": values})
+    best = column_best(body, m, signed=bool(baseline))
     rows = []
     for i, b in enumerate(body):
-        signed = delta and not b["fp"]
-        rows.append((b["indent"], [Cell(b["label"])] + [
-            Cell(dash=True) if v is None else Cell() if v == "" else
-            Cell(fmt(v, metric.digits, signed), bold=(i, j) in best) for j, v in enumerate(b["values"])]))
-    title = f"{metric.task}: {metric.label}" + (", difference to FP of the same model" if delta else "")
-    head = [(m, bits_label("q", w, a) if w or a else "FP") for m, w, a in columns]
-    return Table(title, [("", "method")] + head, rows, table_notes(delta), higher=metric.higher)
+        signed = bool(baseline) and not b["ref"]
+        rows.append((b["indent"], [TableCell(b["label"])] + [
+            TableCell(dash=True) if x.v is None else TableCell() if x.v == "" else
+            TableCell(fmt(x.v, m.digits, signed), pm="" if x.pm is None else fmt(x.pm, m.digits), mark=x.mark,
+                      bold=(i, j) in best) for j, x in enumerate(b["values"])]))
+    what = {None: "", "fp": ", difference to FP of the same model", "rtn": ", difference to RTN at the same bits"}
+    title = f"{m.task}: {m.label}" + (f" ({m.unit})" if m.unit not in ("%", "count") else "") + what[baseline]
+    head = [(model, bits_label("q", w, a) if w or a else "FP") for model, w, a in columns]
+    return Table(title, [("", "method")] + head, rows, table_notes(baseline, m), higher=m.higher)
 
 
-def column_best(body: list[dict], metric: Metric, signed: bool) -> set[tuple[int, int]]:
+def column_best(body: list[dict], m: Metric, signed: bool) -> set[tuple[int, int]]:
     """(row, column) of the best displayed value of each column among two or more quantized values."""
     best = set()
     for j in range(len(body[0]["values"]) if body else 0):
-        cand = [(float(fmt(b["values"][j], metric.digits, signed)), i) for i, b in enumerate(body)
-                if not b["fp"] and isinstance(b["values"][j], float)]
+        cand = [(float(fmt(b["values"][j].v, m.digits, signed)), i) for i, b in enumerate(body)
+                if not b["ref"] and isinstance(b["values"][j].v, float)]
         if len(cand) >= 2:
-            top = (max if metric.higher else min)(v for v, _ in cand)
+            top = (max if m.higher else min)(v for v, _ in cand)
             best |= {(i, j) for v, i in cand if v == top}
     return best
 
 
-def table_notes(delta: bool) -> list[str]:
+def table_notes(baseline: str | None, m: Metric) -> list[str]:
     notes = ["Rows: methods; indented rows are ablation variants of the method above. Columns: model and "
              "bit configuration (WxAy: x-bit weights, y-bit activations; fp: not quantized)."]
-    if delta:
-        notes.append("Each value is the method's value minus the fp value of the same model; the fp row shows "
-                     "the absolute fp value.")
+    if baseline == "fp":
+        notes.append("Each value is the method's value minus the fp value of the same model, on the items both "
+                     "scored; the fp row shows the absolute fp value.")
+    elif baseline == "rtn":
+        notes.append("Each value is the method's value minus RTN's at the same model and bits, on the items both "
+                     "scored; the rtn row shows RTN's absolute value.")
     else:
         notes.append("fp: the full-precision reference, repeated under every bit configuration of its model.")
+    if m.task in ITEMS:
+        ci = ("±: half the width of the 95% bootstrap interval " + ("of the paired difference" if baseline else "")
+              + f" (resampling whole {ITEMS[m.task].unit}s; see summary.csv / paired.csv for the bounds).")
+        notes.append(ci.replace("interval  (", "interval ("))
+        if baseline:
+            notes.append("*: the interval excludes 0 (the difference is unlikely to be resampling noise).")
     notes.append("Bold: best of a column among the quantized rows (fp excluded). -: failed or missing cell "
                  "(see README.md); empty: not in the sweep.")
     return notes
@@ -324,9 +309,10 @@ def arrow(higher: bool | None, latex: bool) -> str:
     return f" ({sign} {'higher' if higher else 'lower'} is better)"
 
 
-def md_cell(c: Cell) -> str:
+def md_cell(c: TableCell) -> str:
     text = "-" if c.dash else c.text + ("†" if c.dagger else "")
-    return f"**{text}**" if c.bold and text else text
+    text = f"**{text}**" if c.bold and text else text
+    return text + (f" ±{c.pm}" if c.pm else "") + ("*" if c.mark else "")
 
 
 def to_markdown(t: Table) -> str:
@@ -348,14 +334,16 @@ def tex(text: str) -> str:
     return "".join(TEX_ESCAPE.get(ch, ch) for ch in text)
 
 
-def tex_cell(c: Cell) -> str:
+def tex_cell(c: TableCell) -> str:
     if c.dash:
         return "--"
     text = tex(c.text)
     if re.fullmatch(r"[+-]?\d+(\.\d+)?", c.text):
         text = text.replace("-", "$-$", 1)
     text = f"\\textbf{{{text}}}" if c.bold and text else text
-    return text + ("$^\\dagger$" if c.dagger else "")
+    text += "$^\\dagger$" if c.dagger else ""
+    text += f"{{\\scriptsize\\,$\\pm${c.pm}}}" if c.pm else ""
+    return text + ("$^{*}$" if c.mark else "")
 
 
 def to_latex(t: Table) -> str:
@@ -387,57 +375,97 @@ def paper_table(cells: pd.DataFrame, paper: pd.DataFrame) -> Table:
     """Our value beside the published one of the same cell, and ours - published."""
     ours = long_form(cells)
     ours = ours[ours["value"].notna() & (ours["status"] == "ok")]
+    raw = {tuple(r[k] for k in CELL_KEY): (r["raw_variant"], r["tag"]) for r in cells.to_dict("records")}
+    ours = ours.assign(raw_variant=[raw[tuple(r)][0] for r in ours[list(CELL_KEY)].itertuples(index=False)],
+                       tag=[raw[tuple(r)][1] for r in ours[list(CELL_KEY)].itertuples(index=False)])
     found = match(ours, paper).to_dict("records")
     found.sort(key=lambda r: (cell_order(*(r[k] for k in CELL_KEY), r["metric"]), r["paper"], r["prompts_or_dataset"]))
     rows = []
     for r in found:
         method = f"{r['method']} ({r['variant']})" if r["variant"] else r["method"]
         label = [r["model"], method, bits_label(r["method"], r["w_bits"], r["a_bits"]), r["task"], r["metric"]]
-        rows.append((0, [Cell(x) for x in label] + [
-            Cell(r["data"]), Cell(r["prompts_or_dataset"]), Cell(f"{r['paper']}: {r['source']}"),
-            Cell(fmt(r["value"], 1)), Cell(fmt(r["published"], 1), dagger=r["checked"] != "yes"),
-            Cell(fmt(r["diff"], 1, signed=True))]))
+        rows.append((0, [TableCell(x) for x in label] + [
+            TableCell(r["data"]), TableCell(r["prompts_or_dataset"]), TableCell(f"{r['paper']}: {r['source']}"),
+            TableCell(fmt(r["value"], 1)), TableCell(fmt(r["published"], 1), dagger=r["checked"] != "yes"),
+            TableCell(fmt(r["diff"], 1, signed=True))]))
     notes = ["Datasets differ: ours were measured on our data (column 'our data'), the published numbers on "
              "the paper's dataset, so the difference is not a reproduction gap."]
     if any(c.dagger for _, cells in rows for c in cells):
         notes.append("†: not checked against the paper itself (checked != yes in bench/data/paper_results.csv).")
     if not rows:
         notes = [f"No cell of this sweep matches a published number ({len(paper)} published rows in "
-                 "bench/data/paper_results.csv; matched on model, method[-variant], bits, task and metric)."]
+                 "bench/data/paper_results.csv; matched on model, method and variant (bench.paper.PAPER_NAMES), "
+                 "bits, task and metric)."]
     head = ["model", "method", "bits", "task", "metric", "our data", "paper's dataset", "paper: source", "ours",
             "published", "ours - published"]
     return Table("Our numbers beside the published ones", [("", h) for h in head], rows, notes, align="l" * 8 + "rrr")
 
 
 # -- the report folder ---------------------------------------------------------------------------
-def table_metrics(cells: pd.DataFrame) -> list[Metric]:
-    """Metrics with a table: the task is in the sweep and the metric is its headline or some
-    record has it."""
-    found = {(t, k) for t, m in zip(cells["task"], cells["metrics"]) for k in m}
-    tasks = set(cells["task"])
-    return [m for m in METRICS if m.task in tasks and (m.headline or (m.task, m.key) in found)]
+TABLE_VIEWS = {None: "", "fp": "_delta", "rtn": "_vs_rtn"}
 
 
 def write_tables(cells: pd.DataFrame, folder: Path) -> list[str]:
-    """Every metric table and its delta view, md + tex; returns README lines."""
+    """Every metric table and its difference views (to FP, to RTN), md + tex; README lines."""
     lines = []
-    for metric in table_metrics(cells):
-        for delta in (False, True):
-            t = metric_table(cells, metric, delta=delta)
-            stem = metric.stem + ("_delta" if delta else "")
-            (folder / f"{stem}.md").write_text(to_markdown(t))
-            (folder / f"{stem}.tex").write_text(to_latex(t))
-        s = metric.stem
-        lines.append(f"- {metric.task}: {metric.label}{arrow(metric.higher, latex=False)}: "
-                     f"[md](tables/{s}.md), [tex](tables/{s}.tex); difference to FP: "
-                     f"[md](tables/{s}_delta.md), [tex](tables/{s}_delta.tex)")
+    has_rtn = "rtn" in set(cells["method"])
+    for m in table_metrics(cells):
+        links = []
+        for baseline, suffix in TABLE_VIEWS.items():
+            if baseline == "rtn" and not has_rtn:
+                continue
+            t = metric_table(cells, m, baseline=baseline)
+            (folder / f"{m.stem}{suffix}.md").write_text(to_markdown(t))
+            (folder / f"{m.stem}{suffix}.tex").write_text(to_latex(t))
+            what = {None: "", "fp": "difference to FP: ", "rtn": "difference to RTN: "}[baseline]
+            links.append(f"{what}[md](tables/{m.stem}{suffix}.md), [tex](tables/{m.stem}{suffix}.tex)")
+        lines.append(f"- {m.task}: {m.label}{arrow(m.higher, latex=False)}: " + "; ".join(links))
     known = {m.task for m in METRICS}
     lines += [f"- {task}: no table layout for this task; its values are in summary.csv"
               for task in sorted(set(cells["task"]) - known)]
     return lines
 
 
-def readme(name: str, cells: pd.DataFrame, tables: list[str], plots: list[str], n_matches: int) -> str:
+def claims_markdown(rows: list[dict[str, Any]]) -> str:
+    """claims.md: per claim of the papers and place this sweep can check it, the paper's
+    figure, ours with its 95% interval, and the verdict."""
+    out = ["# The papers' claims on this sweep", "",
+           "Each claim of `bench/data/paper_claims.csv`, checked wherever this sweep has both sides of it (same "
+           "model, bits and task): ours is the paired difference on the items both cells scored, with its 95% "
+           "bootstrap interval. Verdict: **reproduced** when the interval lies on the claim's side (for a gain: "
+           "above 0; for 'drop at most x': below x), **contradicted** when it lies on the other side, "
+           "**inconclusive** when it straddles. The papers' figures are mostly their best cases ('up to'): a "
+           "reproduced direction with a smaller size says so in the numbers, not in the verdict. A model other "
+           "than the paper's, or a proxy metric (our GT-box mIoU for the papers' detector-box mAP), is marked.", "",
+           "| claim | paper | paper's figure | where (ours) | baseline | ours [95% interval] | n | verdict |",
+           "|---|---|---:|---|---|---:|---:|---|"]
+    for r in rows:
+        figure = "" if r["paper_value"] is None else f"{r['paper_value']:g}" + (
+            "%" if r["kind"] == "relative_gain_over" else "x" if r["kind"] == "ratio_at_least" else "")
+        figure = {"drop_at_most": "drop <= ", "ratio_at_least": ">= "}.get(r["kind"], "+") + figure if figure else \
+            "direction"
+        if r["where"] is None:
+            out.append(f"| {r['claim_id']}: {r['claim']} | {r['paper']} ({r['source']}) | {figure} | - | - | - | - | "
+                       f"**{r['verdict']}** |")
+            continue
+        model, method, variant, w, a, task = r["where"]
+        m = r["metric_used"]
+        notes = ([] if model_matches(r, model) else [f"paper: {r['models']}"]) + (
+            [f"proxy for {r['task']} {r['metric']}"] if r["proxy"] else [])
+        where = f"{model} {bits_label(method, w, a)} {task} {m.key}" + (f" ({'; '.join(notes)})" if notes else "")
+        if r["low"] is None:
+            ours = "-" if r["ours"] is None else f"{r['ours']:.2f}"
+        else:
+            sign = "" if r["kind"] == "drop_at_most" else "+"
+            ours = f"{r['ours']:{sign}.1f} [{r['low']:{sign}.1f}, {r['high']:{sign}.1f}]" + (
+                "%" if r["kind"] == "relative_gain_over" else "")
+        out.append(f"| {r['claim_id']}: {r['claim']} | {r['paper']} ({r['source']}) | {figure} | {where} | "
+                   f"{r['baseline']} | {ours} | {r['n_items'] or ''} | **{r['verdict']}** |")
+    return "\n".join(out) + "\n"
+
+
+def readme(name: str, cells: pd.DataFrame, tables: list[str], plots: list[str], n_matches: int,
+           claims: list[dict[str, Any]]) -> str:
     failed = [r for r in cells.to_dict("records") if r["status"] != "ok"]
     missing = missing_cells(cells)
     ok = len(cells) - len(failed)
@@ -449,7 +477,9 @@ def readme(name: str, cells: pd.DataFrame, tables: list[str], plots: list[str], 
     out += ["", "## Tables", "", *tables, "",
             f"- published numbers beside ours ({n_matches} matching values): [md](tables/paper.md), "
             "[tex](tables/paper.tex)", "",
-            "All values, one row per cell and metric: [summary.csv](summary.csv).", "", "## Plots", ""]
+            "All values, one row per cell and metric, with 95% intervals: [summary.csv](summary.csv). Every method "
+            "cell against FP and RTN on the same items, with paired 95% intervals: [paired.csv](paired.csv).", "",
+            "## Claims of the papers", "", claims_summary(claims), "", "## Plots", ""]
     out += plots or ["No accuracy task in this sweep: no plots.", ""]
     out += ["## Failed cells", ""]
     out += [f"- {cell_name(r)}: {r['error'] or 'status ' + r['status']}" for r in failed] or ["None."]
@@ -458,15 +488,14 @@ def readme(name: str, cells: pd.DataFrame, tables: list[str], plots: list[str], 
     return "\n".join(out) + "\n"
 
 
-def cell_name(r: dict) -> str:
-    variant = f" ({r['variant']})" if r["variant"] else ""
-    return f"{r['model']} {r['method']}{variant} {bits_label(r['method'], r['w_bits'], r['a_bits'])} {r['task']}"
+def claims_summary(claims: list[dict[str, Any]]) -> str:
+    counts = {v: sum(r["verdict"] == v for r in claims) for v in VERDICTS}
+    found = ", ".join(f"{n} {v}" for v, n in counts.items() if n)
+    return f"[claims.md](claims.md): {len(claims)} checks of {len({r['claim_id'] for r in claims})} claims: {found}."
 
 
 def build_report(cells: pd.DataFrame, name: str, folder: Path) -> None:
     """Write every file of the report into `folder` (which exists and is empty)."""
-    from bench.plots import write_plots  # here, not at the top: bench.plots builds on this module
-
     (folder / "tables").mkdir()
     (folder / "plots").mkdir()
     tables = write_tables(cells, folder / "tables")
@@ -475,7 +504,10 @@ def build_report(cells: pd.DataFrame, name: str, folder: Path) -> None:
     (folder / "tables" / "paper.tex").write_text(to_latex(paper))
     plots = write_plots(cells, folder / "plots")
     write_summary(long_form(cells), folder / "summary.csv")
-    (folder / "README.md").write_text(readme(name, cells, tables, plots, len(paper.rows)))
+    write_paired(paired_rows(cells), folder / "paired.csv")
+    claims = evaluate_claims(cells, load_claims())
+    (folder / "claims.md").write_text(claims_markdown(claims))
+    (folder / "README.md").write_text(readme(name, cells, tables, plots, len(paper.rows), claims))
 
 
 def write_report(cells: pd.DataFrame, name: str, out: Path) -> None:

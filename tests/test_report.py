@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.report import METRICS, main
+from bench.report import main
+from bench.results import aggregate, intervals, paired
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "sam2.1-t"
@@ -39,9 +40,31 @@ VALUES = {
 ERROR = "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
 
 
-def record(method: str, variant: str, w: int | None, a: int | None, task: str, metrics: dict | None) -> dict:
+OFFSETS = [-3.0, -1.0, 1.0, 3.0, -2.0, 2.0, -0.5, 0.5]  # per item around the cell's value; mean 0
+
+
+def items_for(task: str, metrics: dict, shift: int) -> list[dict]:
+    """Items whose aggregate is `metrics` (vos: J, F; instseg: the size classes), spread by
+    OFFSETS rotated by `shift`, so that two cells differ item by item."""
+    offsets = OFFSETS[shift % 8:] + OFFSETS[: shift % 8]
+    if task == "vos":
+        return [{"sequence": f"seq{i // 2}", "object": i % 2 + 1, "J": metrics["J"] + o, "F": metrics["F"] + o / 2}
+                for i, o in enumerate(offsets)]
+    items = []
+    for size in ("small", "medium", "large"):
+        if metrics[f"mIoU_{size}"] is not None:
+            items += [{"image": i + 1, "object": size, "IoU": metrics[f"mIoU_{size}"] + o, "area": size}
+                      for i, o in enumerate(offsets[:4])]
+    return items
+
+
+def record(method: str, variant: str, w: int | None, a: int | None, task: str, metrics: dict | None,
+           shift: int = 0) -> dict:
+    items = items_for(task, metrics, shift) if metrics is not None and task in ("vos", "instseg") else []
+    if task == "instseg" and items:
+        metrics = {**metrics, "mIoU": aggregate("instseg", items)["mIoU"]}
     rec = {"model": MODEL, "method": method, "variant": variant, "w_bits": w, "a_bits": a, "task": task,
-           "status": "ok" if metrics is not None else "failed", "metrics": metrics or {},
+           "status": "ok" if metrics is not None else "failed", "metrics": metrics or {}, "items": items,
            "config": {"cell": {"davis_root": "/home/u/.cache/sam-quant-bench/synth-v1/davis",
                                "coco_root": "/home/u/.cache/sam-quant-bench/synth-v1/coco", "split": "val"}},
            "timings": {}, "date": "2025-01-01T00:00:00+00:00", "cell_id": f"{method}{variant}{w}{a}{task}"}
@@ -57,9 +80,9 @@ def results(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("results") / "mysweep"
     folder.mkdir()
     (folder / ".submitit").mkdir()  # executor logs: ignored
-    for (method, variant, w, a), tasks in VALUES.items():
+    for shift, ((method, variant, w, a), tasks) in enumerate(VALUES.items()):
         for task, metrics in tasks.items():
-            rec = record(method, variant, w, a, task, metrics)
+            rec = record(method, variant, w, a, task, metrics, shift)
             (folder / f"{rec['cell_id']}.json").write_text(json.dumps(rec, indent=2))
     return folder
 
@@ -85,65 +108,119 @@ def test_files_exist(report):
     for name in ["README.md", "summary.csv", "tables/vos_jf.md", "tables/vos_jf.tex", "tables/vos_jf_delta.md",
                  "tables/instseg_miou.md", "tables/instseg_miou_small.tex", "tables/size_size_bytes.md",
                  "tables/size_x_smaller_than_bf16.tex", "tables/paper.md", "tables/paper.tex",
+                 "tables/vos_jf_vs_rtn.md", "tables/instseg_miou_vs_rtn.tex", "paired.csv", "claims.md",
                  "plots/vos_jf_vs_bits.png", "plots/vos_jf_vs_bits.pdf", "plots/instseg_miou_vs_size.png",
                  "plots/instseg_miou_vs_size.pdf"]:
         assert (report / name).is_file(), name
     assert not list(report.parent.glob(".mysweep*")), "temporary folders left behind"
 
 
-def test_table_values_and_bold(report):
+def pm(cell: dict, key: str, digits: int = 1) -> str:
+    """The table's `±` of a hand-written cell: half its 95% interval, from bench.results."""
+    lo, hi = intervals(cell["task"], cell["items"])["metrics"][key]
+    return f"{(hi - lo) / 2:.{digits}f}"
+
+
+def test_table_values_and_bold(report, results):
     text = (report / "tables" / "vos_jf.md").read_text()
     assert text.startswith("### vos: J&F (↑ higher is better)")
     rows = md_rows(report / "tables" / "vos_jf.md")
     assert rows["method"] == ["sam2.1-t W2A8", "sam2.1-t W4A4"]  # ordered by weight bits
     assert list(rows)[1:] == ["fp", "rtn", "decoder-only"]  # fp on top, variant under its method
-    assert rows["fp"] == ["71.2", "71.2"]  # repeated under each bit column, never bold
-    assert rows["rtn"] == ["20.5", "60.0"]
-    assert rows["decoder-only"] == ["-", "**68.4**"]  # failed cell: a dash
-    assert "&emsp;decoder-only" in text
-    size = md_rows(report / "tables" / "size_size_bytes.md")  # lower is better
+    recs = {(r["method"], r["variant"], r["w_bits"], r["task"]): r
+            for r in (json.loads(p.read_text()) for p in results.glob("*.json"))}
+    fp_pm = pm(recs[("fp", "", None, "vos")], "J&F")
+    assert rows["fp"] == [f"71.2 ±{fp_pm}"] * 2  # repeated under each bit column, never bold
+    assert rows["rtn"] == [f"20.5 ±{pm(recs[('rtn', '', 2, 'vos')], 'J&F')}",
+                           f"60.0 ±{pm(recs[('rtn', '', 4, 'vos')], 'J&F')}"]
+    assert rows["decoder-only"] == ["-", f"**68.4** ±{pm(recs[('rtn', 'decoder-only', 4, 'vos')], 'J&F')}"]
+    assert 0 < float(fp_pm) < 5
+    assert "&emsp;decoder-only" in text and "±: half the width of the 95% bootstrap interval" in text
+    size = md_rows(report / "tables" / "size_size_bytes.md")  # lower is better, no items: no interval
     assert size["rtn"] == ["**11.00**", "**21.00**"] and size["fp"] == ["80.00", "80.00"]
-    assert "↓ lower is better" in (report / "tables" / "size_size_bytes.md").read_text()
+    head = (report / "tables" / "size_size_bytes.md").read_text().splitlines()[0]
+    assert head == "### size: packed size (MiB) (↓ lower is better)"
     small = md_rows(report / "tables" / "instseg_miou_small.md")
-    assert small["decoder-only"] == ["**20.0**", "-"]  # a None metric is a dash, not a number
+    assert small["decoder-only"][1] == "-"  # a None metric is a dash, not a number
+    assert small["decoder-only"][0].startswith("**20.0** ±")
 
 
-def test_delta_table(report):
+def test_delta_tables_are_paired(report, results):
+    recs = {(r["method"], r["variant"], r["w_bits"], r["task"]): r
+            for r in (json.loads(p.read_text()) for p in results.glob("*.json"))}
     rows = md_rows(report / "tables" / "vos_jf_delta.md")
-    fp = VALUES[("fp", "", None, None)]["vos"]["J&F"]
-    assert rows["fp (absolute)"] == ["71.2", "71.2"]
-    assert rows["rtn"] == [f"{20.5 - fp:+.1f}", f"{60.04 - fp:+.1f}"] == ["-50.8", "-11.2"]
-    assert rows["decoder-only"] == ["-", f"**{68.4 - fp:+.1f}**"]
+    fp = recs[("fp", "", None, "vos")]
+    assert rows["fp (absolute)"][0].startswith("71.2 ±")
+    for col, w in enumerate((2, 4)):
+        rtn = recs[("rtn", "", w, "vos")]
+        p = paired("vos", "J&F", rtn["items"], fp["items"])
+        assert p.delta == pytest.approx(rtn["metrics"]["J&F"] - fp["metrics"]["J&F"])
+        mark = "*" if p.significant else ""
+        assert rows["rtn"][col] == f"{p.delta:+.1f} ±{(p.high - p.low) / 2:.1f}{mark}"
+    assert rows["rtn"][0].endswith("*")  # -50.8 is far outside the noise
+    vs_rtn = md_rows(report / "tables" / "vos_jf_vs_rtn.md")
+    assert "rtn" not in vs_rtn and vs_rtn["rtn (absolute)"][1].startswith("60.0 ±")
+    assert vs_rtn["decoder-only"][0] == "-"  # failed cell
+    assert vs_rtn["decoder-only"][1].startswith(f"{68.4 - 60.04:+.1f} ±")  # one quantized row: no bold
+
+
+def test_paired_csv(report, results):
+    with open(report / "paired.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["model", "method", "variant", "w_bits", "a_bits", "task", "metric", "baseline", "delta",
+                             "ci_low", "ci_high", "n_items"]
+    recs = {(r["method"], r["variant"], r["w_bits"], r["task"]): r
+            for r in (json.loads(p.read_text()) for p in results.glob("*.json"))}
+    got = {(r["method"], r["variant"], r["w_bits"], r["task"], r["metric"], r["baseline"]): r for r in rows}
+    r = got[("rtn", "decoder-only", "4", "instseg", "mIoU", "rtn")]
+    a, b = recs[("rtn", "decoder-only", 4, "instseg")], recs[("rtn", "", 4, "instseg")]
+    p = paired("instseg", "mIoU", a["items"], b["items"])
+    assert p.n_items == 8  # the objects both scored (decoder-only has no small one)
+    assert (float(r["delta"]), float(r["ci_low"]), float(r["ci_high"]), int(r["n_items"])) == pytest.approx(
+        (p.delta, p.low, p.high, p.n_items))
+    assert float(r["ci_low"]) <= float(r["delta"]) <= float(r["ci_high"])
+    assert ("rtn", "", "4", "vos", "J&F", "fp") in got and ("rtn", "", "4", "vos", "J&F", "rtn") not in got
+    assert not any(k[0] == "fp" for k in got)  # fp is a baseline only
+    assert not any(k[3] == "size" for k in got)  # no items: no pairs
 
 
 def test_latex_table(report):
     tex = (report / "tables" / "vos_jf.tex").read_text()
     assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex
     assert "\\multicolumn{2}{c}{sam2.1-t}" in tex and "J\\&F ($\\uparrow$ higher is better)" in tex
-    assert "\\quad decoder-only & -- & \\textbf{68.4} \\\\" in tex
-    assert "$-$50.8" in (report / "tables" / "vos_jf_delta.tex").read_text()
+    assert re.search(r"\\quad decoder-only & -- & \\textbf\{68\.4\}\{\\scriptsize\\,\$\\pm\$\d\.\d\} \\\\", tex)
+    assert re.search(r"\$-\$50\.8\{\\scriptsize\\,\$\\pm\$[\d.]+\}\$\^\{\*\}\$",
+                     (report / "tables" / "vos_jf_delta.tex").read_text())
 
 
 def test_summary_matches_records(report, results):
     with open(report / "summary.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0])[:10] == ["model", "method", "variant", "w_bits", "a_bits", "bits", "task", "metric", "value",
-                                  "status"]
+    assert list(rows[0]) == ["model", "method", "variant", "w_bits", "a_bits", "bits", "task", "metric", "value",
+                             "ci_low", "ci_high", "n_items", "seeds", "seed_sd", "status", "error"]
     by_key = {(r["method"], r["variant"], r["w_bits"], r["a_bits"], r["task"], r["metric"]): r for r in rows}
     n_expected = 0
-    for (method, variant, w, a), tasks in VALUES.items():
-        bits = ("" if w is None else str(w), "" if a is None else str(a))
-        for task, metrics in tasks.items():
-            if metrics is None:
-                r = by_key[(method, variant, *bits, task, "")]
-                assert (r["status"], r["value"], r["error"]) == ("failed", "", ERROR)
-                n_expected += 1
-                continue
-            extra = {"n": 40} if task == "instseg" else {}
-            for metric, value in {**metrics, **extra}.items():
-                r = by_key[(method, variant, *bits, task, metric)]
-                assert r["status"] == "ok" and r["value"] == ("" if value is None else repr(float(value)))
-                n_expected += 1
+    for path in results.glob("*.json"):
+        rec = json.loads(path.read_text())
+        bits = tuple("" if rec[k] is None else str(rec[k]) for k in ("w_bits", "a_bits"))
+        key = (rec["method"], rec["variant"], *bits, rec["task"])
+        if rec["status"] != "ok":
+            r = by_key[(*key, "")]
+            assert (r["status"], r["value"], r["error"]) == ("failed", "", ERROR)
+            n_expected += 1
+            continue
+        numbers = {k: v for k, v in rec["metrics"].items() if not isinstance(v, bool)}
+        ci = intervals(rec["task"], rec["items"])
+        for metric, value in numbers.items():
+            r = by_key[(*key, metric)]
+            assert r["status"] == "ok" and r["value"] == ("" if value is None else repr(float(value)))
+            if ci and metric in ci["metrics"]:
+                assert (float(r["ci_low"]), float(r["ci_high"])) == pytest.approx(ci["metrics"][metric])
+                assert float(r["ci_low"]) <= float(r["value"]) <= float(r["ci_high"])
+                assert int(r["n_items"]) == len(rec["items"])
+            else:
+                assert r["ci_low"] == r["ci_high"] == r["n_items"] == ""
+            n_expected += 1
     assert len(rows) == n_expected  # no other rows: nothing missing, non-numeric metrics left out
     assert rows[0]["method"] == "fp" and rows[0]["variant"] == "" and rows[0]["bits"] == "FP"
 
@@ -170,12 +247,12 @@ def test_paper_match(report):
 def test_paper_unchecked_and_empty(tmp_path):
     folder = tmp_path / "r"
     folder.mkdir()
-    rec = record("ptq4sam", "l", 4, 4, "coco-map", {"mAP": 30.0})  # paper: instseg mAP, checked=no
+    rec = record("ptq4sam", "L", 4, 4, "coco-map", {"mAP": 30.0})  # paper: instseg mAP, checked=no
     rec["model"] = "sam-b"
     (folder / "a.json").write_text(json.dumps(rec))
     assert main([str(folder), "--out", str(tmp_path / "out")]) == 0
     text = (tmp_path / "out" / "tables" / "paper.md").read_text()
-    assert "| sam-b | ptq4sam (l) | W4A4 | coco-map | mAP |" in text
+    assert "| sam-b | ptq4sam (L) | W4A4 | coco-map | mAP |" in text
     assert "| 30.0 | 18.4† | +11.6 |" in text and "†: not checked" in text
     rec["model"] = "micro"
     (folder / "a.json").write_text(json.dumps(rec))
@@ -222,21 +299,12 @@ def test_cli_without_torch(tmp_path, results):
     assert not (tmp_path / "reports").exists()
 
 
-def test_directions_match_tasks():
-    """The report's metric directions are the tasks' own (`HIGHER_IS_BETTER`)."""
-    from bench.tasks import coco_map, instseg, size, vos
-
-    tasks = {"vos": vos, "instseg": instseg, "coco-map": coco_map, "size": size}
-    for m in METRICS:
-        assert tasks[m.task].HIGHER_IS_BETTER[m.key] == m.higher, m
-
-
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="no LaTeX engine (pdflatex) on this machine")
 def test_latex_compiles(report, tmp_path):
     """Every table of the report, and a published-number table with an unchecked (dagger) value."""
     folder = tmp_path / "r"
     folder.mkdir()
-    rec = record("ptq4sam", "l", 4, 4, "coco-map", {"mAP": 30.0}) | {"model": "sam-b"}
+    rec = record("ptq4sam", "L", 4, 4, "coco-map", {"mAP": 30.0}) | {"model": "sam-b"}
     (folder / "a.json").write_text(json.dumps(rec))
     assert main([str(folder), "--out", str(tmp_path / "out")]) == 0
     tables = sorted((report / "tables").glob("*.tex")) + [tmp_path / "out" / "tables" / "paper.tex"]
@@ -252,7 +320,7 @@ def test_latex_compiles(report, tmp_path):
 
 
 def test_rows_put_fp_then_rtn_above_the_methods():
-    from bench.report import cell_order
+    from bench.results import cell_order
     methods = ["saqsam", "lsq", "rtn", "ptq4sam", "fp", "aaa"]
     ranked = sorted(methods, key=lambda m: cell_order(MODEL, m, "", 4, 4, "vos"))
     assert ranked == ["fp", "rtn", "aaa", "lsq", "ptq4sam", "saqsam"]

@@ -113,4 +113,21 @@ def coco_segm_map(coco_gt: COCO, results: list[dict], image_ids: Iterable[int] |
         ev.accumulate()
         ev.summarize()
     out: dict = {name: (None if v < 0 else 100.0 * float(v)) for name, v in zip(SEGM_STATS, ev.stats[:6])}
-    return {**out, "maxDets": list(MAX_DETS)}
+    return {**out, "maxDets": list(MAX_DETS), "items": ap_items(ev)}
+
+
+def ap_items(ev: COCOeval) -> list[dict]:
+    """What AP over any subset of the images needs (`bench.results.coco_ap`): per image and
+    category, the non-ignored GT count and each kept detection's score with its match and
+    ignore flags at the 10 IoU thresholds as bit masks (area all, the last maxDets)."""
+    bits = 1 << np.arange(len(ev.params.iouThrs))
+    items = []
+    for e in ev.evalImgs:
+        if e is None or list(e["aRng"]) != list(ev.params.areaRng[0]) or e["maxDet"] != ev.params.maxDets[-1]:
+            continue
+        matched = (np.asarray(e["dtMatches"]) > 0).T @ bits if len(e["dtScores"]) else []
+        ignored = np.asarray(e["dtIgnore"], dtype=bool).T @ bits if len(e["dtScores"]) else []
+        dets = [[float(s), int(m), int(i)] for s, m, i in zip(e["dtScores"], matched, ignored)]
+        items.append({"image": int(e["image_id"]), "category": int(e["category_id"]),
+                      "gt": int(np.count_nonzero(np.asarray(e["gtIgnore"]) == 0)), "dets": dets})
+    return items

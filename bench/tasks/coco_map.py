@@ -3,7 +3,8 @@
 Boxes come from a detection-results JSON (`[{"image_id", "category_id", "bbox": [x, y, w, h],
 "score"}]`); each box prompts one mask (single-mask output); the result's score is the
 detector score x the predicted IoU; masks are encoded as RLE and evaluated with pycocotools
-`COCOeval(iouType="segm")` (`bench.metrics.coco.coco_segm_map`).
+`COCOeval(iouType="segm")` (`bench.metrics.coco.coco_segm_map`). The record's `items` hold,
+per image and category, what AP on any subset of the images needs (`bench.results.coco_ap`).
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ from bench.calib import read_rgb
 from bench.metrics.coco import box_xywh_to_xyxy, coco_segm_map, encode_rle
 from bench.tasks import TaskContext
 from bench.tasks.instseg import dataset, predict_boxes
-
-HIGHER_IS_BETTER = {"mAP": True, "AP50": True, "AP75": True, "APs": True, "APm": True, "APl": True}
 
 
 def detections_path(ctx: TaskContext, root) -> str:

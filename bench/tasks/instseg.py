@@ -2,7 +2,8 @@
 
 Each non-crowd GT annotation (area >= 1) is prompted with its own GT box; the predicted mask
 is compared with the GT mask (IoU), and IoUs are averaged over all annotations and per COCO
-area range (small < 32^2 <= medium < 96^2 <= large). Single-mask output by default
+area range (small < 32^2 <= medium < 96^2 <= large). The per-object IoUs (x100) are the
+record's `items`. Single-mask output by default
 (`multimask: true` keeps the mask with the highest predicted IoU of three); the record says
 which.
 """
@@ -17,10 +18,8 @@ from tqdm import tqdm
 from bench import BenchError
 from bench.calib import read_rgb
 from bench.data.coco import CocoSet
-from bench.metrics.coco import MaskIoUAccumulator, box_xywh_to_xyxy
+from bench.metrics.coco import MaskIoUAccumulator, area_range, box_xywh_to_xyxy
 from bench.tasks import TaskContext
-
-HIGHER_IS_BETTER = {"mIoU": True, "mIoU_small": True, "mIoU_medium": True, "mIoU_large": True}
 
 
 @torch.inference_mode()
@@ -49,6 +48,7 @@ def run(model: nn.Module, ctx: TaskContext) -> dict:
     multimask = bool(ctx.options.get("multimask", False))
     predictor = image_predictor(model)
     acc = MaskIoUAccumulator()
+    items = []  # one per scored object: what mIoU and its interval are computed from
     for image_id in tqdm(ds.image_ids, desc="instseg", unit="img", disable=not ctx.options.get("progress", True)):
         anns = ds.annotations(image_id)
         if not anns:
@@ -57,5 +57,8 @@ def run(model: nn.Module, ctx: TaskContext) -> dict:
         boxes = np.array([box_xywh_to_xyxy(a["bbox"]) for a in anns], dtype=np.float32)
         masks, _ = predict_boxes(predictor, boxes, multimask)
         for ann, mask in zip(anns, masks):
-            acc.add(mask, ds.gt_mask(ann), ann["area"])
-    return {**acc.result(), "multimask": multimask, "images": len(ds.image_ids)}
+            iou = acc.add(mask, ds.gt_mask(ann), ann["area"])
+            if iou is not None:
+                items.append({"image": int(image_id), "object": int(ann["id"]), "IoU": 100.0 * iou,
+                              "area": area_range(ann["area"])})
+    return {**acc.result(), "multimask": multimask, "images": len(ds.image_ids), "items": items}

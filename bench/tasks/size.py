@@ -13,9 +13,6 @@ from bench.pack import export_packed, load_dequantized
 from bench.quant.modules import QuantLayer
 from bench.tasks import TaskContext
 
-# metric name -> higher is better
-HIGHER_IS_BETTER = {"size_bytes": False, "size_bound_bytes": False, "bf16_bytes": False, "x_smaller_than_bf16": True}
-
 
 def run(model: nn.Module, ctx: TaskContext) -> dict:
     path = ctx.work_dir / f"{ctx.model_name}.packed.safetensors"

@@ -7,7 +7,8 @@ frames, `add_new_mask` on frame 0 for every object present in the first GT frame
 (lower object ids drawn last, as the official script does). The model runs in float32 on every
 device (the official script autocasts to bf16 on CUDA): every row of a comparison, FP and
 quantized, is computed in one dtype. The predictions are then scored by
-`bench.metrics.davis.evaluate_vos` exactly as `python -m bench.score vos` scores a folder.
+`bench.metrics.davis.evaluate_vos` exactly as `python -m bench.score vos` scores a folder; the
+per-object J and F (x100) are the record's `items`.
 """
 
 from __future__ import annotations
@@ -25,8 +26,6 @@ from bench import BenchError
 from bench.data.davis import DavisSet, write_palette_png
 from bench.metrics.davis import evaluate_vos
 from bench.tasks import TaskContext
-
-HIGHER_IS_BETTER = {"J&F": True, "J": True, "F": True, "fps": True}
 
 
 def merge(per_obj: dict[int, np.ndarray], shape: tuple[int, int]) -> np.ndarray:
@@ -86,4 +85,6 @@ def run(model: nn.Module, ctx: TaskContext) -> dict:
         w.result()  # re-raises a failed write
     seconds = time.perf_counter() - t0
     scores = evaluate_vos(ds, pred_dir)
-    return {**scores, "frames": frames, "fps": frames / seconds, "sequences": len(ds.sequences)}
+    items = [{k: r[k] for k in ("sequence", "object", "J", "F")} for r in scores.pop("per_object")]
+    scores.pop("per_sequence")  # the mean of each sequence's items
+    return {**scores, "frames": frames, "fps": frames / seconds, "sequences": len(ds.sequences), "items": items}
