@@ -65,6 +65,7 @@ from bench.results import (
     compare,
     expected_cells,
     load_cells,
+    memo,
     missing_cells,
     numeric,
     table_columns,
@@ -128,7 +129,12 @@ PAIRED_COLUMNS = ["model", "method", "variant", "w_bits", "a_bits", "task", "met
 
 def paired_rows(cells: pd.DataFrame) -> list[dict[str, Any]]:
     """Every method cell against FP of its model and RTN at its bits (not itself), on the items
-    both scored: the difference and its paired bootstrap interval, per metric with items."""
+    both scored: the difference and its paired bootstrap interval, per metric with items.
+    Computed once per cells table (the delta tables read the same numbers)."""
+    return memo(cells, "paired", _paired_rows)
+
+
+def _paired_rows(cells: pd.DataFrame) -> list[dict[str, Any]]:
     index = cell_index(cells)
     rows = []
     for key, r in index.items():
@@ -209,19 +215,23 @@ class Value:
     mark: bool = False
 
 
-def cell_entry(row: dict | None, base: dict | None, m: Metric, delta: bool) -> Value:
-    """A cell's value (or its difference to `base`, paired on the items both scored)."""
+def cell_entry(row: dict | None, base: dict | None, m: Metric, baseline: str | None = None,
+               pairs: dict[tuple, Paired] | None = None) -> Value:
+    """A cell's value (or with `baseline`, its difference to `base`, paired on the items both
+    scored: `pairs` holds those of paired.csv)."""
     v = cell_value(row, m)
+    pairs = pairs or {}
+    delta = baseline is not None
     if not delta or row is None or row["method"] == "fp" and base is None:
         ci = cell_interval(row, m)
         return Value(v, None if ci is None or v is None else (ci[1] - ci[0]) / 2)
     b = cell_value(base, m)
     if v is None or b is None:
         return Value(None)
-    p: Paired | None = compare(row, base, m)
+    p: Paired | None = pairs.get((tuple(row[k] for k in CELL_KEY), baseline, m.key))
     if p is None:
         return Value(v - b)
-    return Value(p.delta, (p.high - p.low) / 2, p.significant)
+    return Value(p.delta, (p.high - p.low) / 2, p.significant)  # metrics with items are shown unscaled
 
 
 def metric_table(cells: pd.DataFrame, m: Metric, baseline: str | None = None) -> Table:
@@ -231,6 +241,8 @@ def metric_table(cells: pd.DataFrame, m: Metric, baseline: str | None = None) ->
     index = cell_index(cells)
     grid = set(expected_cells(cells))
     columns = table_columns(cells, m.task)
+    pairs = {(tuple(r[k] for k in CELL_KEY), r["baseline"], r["metric"]): Paired(r["delta"], r["ci_low"],
+             r["ci_high"], r["n_items"]) for r in paired_rows(cells)} if baseline else {}
     body = []
     for method, variant in table_rows(cells, m.task):
         if baseline == "rtn" and (method, variant) in (("rtn", ""), ("rtn", None)):
@@ -246,9 +258,9 @@ def metric_table(cells: pd.DataFrame, m: Metric, baseline: str | None = None) ->
                 base = baseline_row(index, key, baseline) or {"status": "missing"}
             elif baseline == "rtn":  # the fp row of an RTN table shows RTN's own value
                 base_key = (model, "rtn", "", w, a, m.task)
-                values.append(cell_entry(baseline_row(index, base_key, "rtn"), None, m, False))
+                values.append(cell_entry(baseline_row(index, base_key, "rtn"), None, m))
                 continue
-            values.append(cell_entry(index.get(key), base, m, bool(baseline)))
+            values.append(cell_entry(index.get(key), base, m, baseline, pairs))
         if baseline == "rtn" and method == "fp":
             label = "rtn (absolute)"
         else:

@@ -18,6 +18,7 @@ One place for each fact:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -344,12 +345,16 @@ def aggregate(task: str, items: list[dict]) -> dict[str, float | None]:
     return out
 
 
+@functools.lru_cache(maxsize=64)
 def _resample_weights(n_units: int, seed: int, resamples: int) -> np.ndarray:
-    """(resamples, units): how often each unit is drawn in each bootstrap resample."""
+    """(resamples, units): how often each unit is drawn in each bootstrap resample (the same
+    draws for every cell of a report, so intervals are reproducible; read-only)."""
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, n_units, size=(resamples, n_units))
     offsets = np.arange(resamples)[:, None] * n_units
-    return np.bincount((draws + offsets).ravel(), minlength=resamples * n_units).reshape(resamples, n_units)
+    weights = np.bincount((draws + offsets).ravel(), minlength=resamples * n_units).reshape(resamples, n_units)
+    weights.setflags(write=False)
+    return weights
 
 
 def _percentiles(samples: np.ndarray) -> tuple[float, float] | None:
@@ -550,8 +555,29 @@ def cell_index(cells: pd.DataFrame) -> dict[tuple, dict[str, Any]]:
     return {tuple(r[k] for k in CELL_KEY): r for r in cells.to_dict("records")}
 
 
+class _Memo(dict):
+    """Values derived from a cells table, kept in its `attrs`; pandas deep-copies `attrs` on
+    every operation, so a copy is this same object."""
+
+    def __deepcopy__(self, _memo: dict) -> _Memo:
+        return self
+
+
+def memo(cells: pd.DataFrame, name: str, make: Callable[[pd.DataFrame], Any]) -> Any:
+    """`make(cells)`, computed once per cells table."""
+    store = cells.attrs.setdefault("memo", _Memo())
+    if name not in store:
+        store[name] = make(cells)
+    return store[name]
+
+
 def expected_cells(cells: pd.DataFrame) -> list[tuple]:
-    """The sweep's grid as the records show it: every model x task x (method, variant, bits)."""
+    """The sweep's grid as the records show it: every model x task x (method, variant, bits)
+    (computed once per cells table)."""
+    return memo(cells, "grid", _grid)
+
+
+def _grid(cells: pd.DataFrame) -> list[tuple]:
     combos = {(r["method"], r["variant"], r["w_bits"], r["a_bits"]) for r in cells.to_dict("records")}
     grid = [(m, *c[:2], *c[2:], t) for m in set(cells["model"]) for c in combos for t in set(cells["task"])]
     return sorted(grid, key=lambda k: cell_order(*k))
