@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench.method import method_registry
+from bench.method import METHODS
 from bench.models import MODELS
 from bench.tasks import TASKS
 
@@ -16,9 +16,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, entry in MODELS.items():
         print(f"  {name:10s} {entry.description}  [checkpoint {entry.checkpoint}]")
     print("methods:")
-    methods = method_registry()
-    for name in methods.names():
-        doc = (methods.get(name).__module__ and sys.modules[methods.get(name).__module__].__doc__ or "").strip()
+    for name in METHODS.names():
+        doc = (sys.modules[METHODS.get(name).__module__].__doc__ or "").strip()
         print(f"  {name:10s} {doc.splitlines()[0] if doc else ''}")
     print("tasks:")
     for name in TASKS.names():

@@ -1,6 +1,7 @@
 """The quantization-aware training loop shared by `lsq`, `pact` and `qsam2`.
 
-A method's `apply` is `quantize_and_train(model, calib, cfg, prepare)`, which runs:
+A QAT method subclasses `QATMethod` and writes `prepare` (and maybe `regularizer`); its
+`apply` is `quantize_and_train(model, calib, cfg, prepare, regularizer)`, which runs:
 
     samples = build_samples(calib, model.image_size, cfg.clip_frames)
     teacher = teacher_outputs(model, samples)       # the FP model, before quantizing it
@@ -16,7 +17,7 @@ Training data are the cell's calibration data (`CalibData`, the same for every m
     memory. Clips with per-frame labels are cut into consecutive windows (objects: those
     present at the window's first frame); without labels only the window at frame 0 is used.
 The student runs the same code as evaluation, SAM2Base's `_track_step` (see
-bench.train_micro), with the model in eval mode (no dropout or drop-path, eval-time memory
+bench.sam2_train), with the model in eval mode (no dropout or drop-path, eval-time memory
 selection), so with its quantizers off it computes exactly the teacher's outputs.
 
 Loss per sample: `distill_weight` x the mask-logit distillation (`distill="kl"`: per-pixel
@@ -24,16 +25,14 @@ Bernoulli KL(teacher || student) of the low-resolution mask logits, all masks of
 "mse": MSE of the logits) + `aux_weight` x (MSE of the predicted IoUs + KL of the object-score
 logits) + `feature_weight` x the normalized MSE of the image encoder's backbone features (each
 FPN level the decoder reads, ||s - t||^2 / ||t||^2, averaged over levels) + `seg_weight` x
-SAM2's segmentation loss where ground truth exists (bench.train_micro.mask_losses: focal x 20
-or BCE, plus dice, IoU L1 and object BCE; on the best of multiple masks). Tracked frames of a
-window are averaged. The FP teacher's outputs are computed once, before training, and kept on
-the CPU.
+SAM2's segmentation loss where ground truth exists (bench.sam2_train.mask_losses, after SAM2's
+`training/loss_fns.py`: focal x 20 or BCE, plus dice, IoU L1 and object BCE; on the best of
+multiple masks). Tracked frames of a window are averaged. The FP teacher's outputs are
+computed once, before training, and kept on the CPU.
 
-Budget: `steps` optimizer steps (default 600, about 3 minutes per cell for the micro model on
-2 CPU cores). Chosen on the same dev set: 600 against 200 steps raised J&F and mIoU of LSQ,
-PACT and Q-SAM2 at W2A4 and W4A4, all twelve figures (e.g. Q-SAM2 W4A4 63.1 / 74.7 -> 66.8 /
-75.7, RTN 64.6 / 75.0); at 200 steps PACT and Q-SAM2 did not beat RTN at W4A4 there. The
-papers train for epochs on SA-1B / SA-V subsets: real models need far larger budgets.
+Budget: `steps` optimizer steps (default 600), chosen against 200 on the held-out dev set
+(`sweeps/qat-dev.yaml`; its records hold the figures). The papers train for epochs on SA-1B /
+SA-V subsets: real models need far larger budgets.
 
 Optimization: AdamW (fused kernel where available); model weights at `lr` with
 `weight_decay`; quantizer parameters (LSQ step sizes, PACT clipping levels in activation
@@ -47,11 +46,12 @@ drawn in seeded random order without replacement per epoch (`seed`, by default t
 `video_share` is the share of video windows among the samples drawn: by default 0.5, so the
 video path (J&F) and the image path (mIoU) get equal training, whatever the calibration data's
 own mix (32 images and 8 windows of 4 frames: 20% video); `null` draws each sample equally
-often (see `sample_order`). Chosen on a held-out dev set, not on the test split: on the
-synthetic sets of data seed 1 (`sweeps/qat-dev.yaml`), 0.5 against the data's own mix raised
-VOS J&F for LSQ, PACT and Q-SAM2 at W2A4 and W4A4 (+0.9 to +5.0) and kept mIoU within 0.7.
-CPU, or CUDA with bf16 autocast (quantizers compute in float32). On CPU, bit-identical for a given seed and thread
-count; on CUDA up to the nondeterminism of some kernels (e.g. atomic adds in backward).
+often (see `sample_order`). Chosen on the held-out dev set (`sweeps/qat-dev.yaml`: synthetic
+sets of data seed 1, 0.5 against the data's own mix), not on the test split.
+
+CPU, or CUDA with bf16 autocast (quantizers compute in float32). On CPU, bit-identical for a
+given seed and thread count; on CUDA up to the nondeterminism of some kernels (e.g. atomic
+adds in backward).
 """
 
 from __future__ import annotations
@@ -74,11 +74,11 @@ from tqdm import tqdm
 
 from bench import BenchError
 from bench.calib import CalibData, read_rgb
-from bench.method import QuantConfig
+from bench.method import Method, QuantConfig
 from bench.quant.fake import FakeQuantizer
 from bench.quant.learned import freeze_quantizers, learned_quantizers
 from bench.quant.modules import QuantLayer
-from bench.train_micro import features, mask_losses, to_input, track
+from bench.sam2_train import features, mask_losses, to_input, track
 
 SCHEDULES = ("cosine", "constant")
 DISTILL = ("kl", "mse")
@@ -88,6 +88,9 @@ SEG_LOSSES = ("focal", "bce")
 @dataclass(frozen=True)
 class QATConfig(QuantConfig):
     """Training budget and losses shared by the QAT methods (see the module docstring)."""
+
+    # cost, not method (`seed` None is the cell's; `report_loss` only measures)
+    budgets = QuantConfig.budgets | {"steps", "batch_size", "lr", "lr_quant", "clip_frames", "report_loss", "seed"}
 
     steps: int = 600  # chosen on the dev set, see the module docstring
     batch_size: int = 1
@@ -556,3 +559,25 @@ def quantize_and_train(
         info.update(train(model, samples, teacher, cfg, reg, desc))
     info["frozen_quantizers"] = freeze_quantizers(model)
     return info
+
+
+class QATMethod(Method):
+    """A method trained by this loop. `prepare(model, calib)` wraps the model, installs the
+    method's quantizers and calibrates them; `regularizer()` is an extra loss term on the
+    model (None: none), e.g. PACT's L2 on its clipping levels."""
+
+    Config = QATConfig
+
+    def needs_data(self) -> bool:
+        return True
+
+    def prepare(self, model: nn.Module, calib: CalibData | None) -> None:
+        raise NotImplementedError
+
+    def regularizer(self) -> Callable[[nn.Module], torch.Tensor] | None:
+        return None
+
+    def apply(self, model: nn.Module, calib: CalibData | None) -> nn.Module:
+        self.info.update(quantize_and_train(model, calib, self.config, lambda m: self.prepare(m, calib),
+                                            self.regularizer(), desc=f"{self.name} {self.variant}".strip()))
+        return model

@@ -15,8 +15,9 @@ import sys
 from pathlib import Path
 
 from bench import BenchError
-from bench.record import write_json_atomic
-from bench.run import Cell, parse_bits, run_cell
+from bench.cell import Cell
+from bench.results import write_json_atomic
+from bench.run import parse_bits, run_cell
 
 DEFAULT_CELLS = ("fp", "rtn:8:8", "rtn:4:4")
 COLUMNS = {"vos": ("J&F", "J", "F"), "instseg": ("mIoU",)}

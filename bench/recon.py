@@ -37,8 +37,10 @@ from torch import nn
 
 from bench import BenchError
 from bench.calib import CalibImage
+from bench.quant.attention import QuantAttentionMixin
 from bench.quant.fake import FakeQuantizer
 from bench.quant.modules import QuantLayer
+from bench.quant.scope import component_of
 
 
 @dataclass(frozen=True)
@@ -322,3 +324,52 @@ class frozen_params:
     def __exit__(self, *exc) -> None:
         for p, f in zip(self.params, self.flags):
             p.requires_grad_(f)
+
+
+# -- units -------------------------------------------------------------------------------------
+def block_units(model: nn.Module, components: tuple[str, ...], images: list[CalibImage]) -> list[str]:
+    """Reconstruction units at the official QuantizedBlock/QuantizedLayer granularity: each
+    quantized attention module, each MLP holding quantized layers, and each other quantized
+    Linear/Conv, within `components`. Sorted in the order they first run on the image path (one
+    pass over the first image; registration order differs, e.g. a Hiera block's `proj` shortcut
+    runs before its `attn` but is registered after its `mlp`)."""
+    from sam2.modeling.sam2_utils import MLP
+
+    def quantized(m: nn.Module) -> bool:
+        return any(isinstance(q, FakeQuantizer) and q.active for q in m.modules())
+
+    names: list[str] = []
+    for name, m in model.named_modules():
+        if not name or component_of(name) not in components or any(name.startswith(u + ".") for u in names):
+            continue
+        if isinstance(m, (QuantAttentionMixin, MLP, QuantLayer)) and quantized(m):
+            names.append(name)
+    first_call: dict[str, int] = {}
+
+    def seen(name: str):
+        def hook(*_) -> None:  # a pre-hook returning a value would replace the inputs
+            first_call.setdefault(name, len(first_call))
+        return hook
+
+    hooks = [model.get_submodule(n).register_forward_pre_hook(seen(n)) for n in names]
+    try:
+        run_image_path(model, images[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    return sorted(names, key=lambda n: (n not in first_call, first_call.get(n, 0)))  # stable for the rest
+
+
+def reconstruct_block(model: nn.Module, fp_model: nn.Module, name: str, images: list[CalibImage],
+                      s: ReconSettings, iters: int | None = None) -> dict[str, float]:
+    """Capture a unit's quantized and FP calls on the images and reconstruct it (`train`)."""
+    unit = model.get_submodule(name)
+    q_calls = capture(model, unit, images)
+    fp_calls = capture(fp_model, fp_model.get_submodule(name), images, outputs=True)
+    return train(unit, q_calls, fp_calls, s, iters=iters)
+
+
+def recon_info(results: dict[str, dict[str, float]]) -> dict:
+    """A method's `info["recon"]`: per unit, `train`'s figures (one map each)."""
+    keys = ("last_loss", "final_loss", "undecided")
+    return {"units": len(results), **{k: {u: r.get(k) for u, r in results.items()} for k in keys}}

@@ -11,7 +11,6 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,58 +18,19 @@ import torch
 
 from bench import BenchError
 from bench.calib import CalibData
-from bench.method import check_quantizers_active, method_registry
+from bench.cell import Cell, ensure_data, resolve
+from bench.method import Method, check_quantizers_active
 from bench.models import build_model, default_device, model_entry
-from bench.record import environment, write_json_atomic
-from bench.tasks import DATA_FREE_TASKS, TASKS, TaskContext
+from bench.record import environment
+from bench.results import write_json_atomic
+from bench.tasks import TASKS, TaskContext
 
 
-@dataclass(frozen=True)
-class Cell:
-    """Everything that determines one result."""
-
-    model: str
-    method: str
-    task: str
-    w_bits: int | None = None
-    a_bits: int | None = None
-    method_options: dict[str, Any] = field(default_factory=dict)
-    random_init: bool = False
-    checkpoints: str | None = None
-    device: str | None = None
-    davis_root: str | None = None
-    coco_root: str | None = None
-    split: str = "val"
-    sequences: tuple[str, ...] | None = None
-    max_frames: int | None = None
-    max_images: int | None = None
-    detections: str | None = None
-    multimask: bool = False
-    calib_dir: str | None = None
-    calib_n: int = 32
-    seed: int = 0
-
-    def task_options(self) -> dict[str, Any]:
-        return {
-            "davis_root": self.davis_root, "coco_root": self.coco_root, "split": self.split,
-            "sequences": list(self.sequences) if self.sequences else None, "max_frames": self.max_frames,
-            "max_images": self.max_images, "detections": self.detections, "multimask": self.multimask,
-        }
-
-
-def make_method(cell: Cell):
-    """Validate the cell's method and options; returns the method instance."""
-    cls = method_registry().get(cell.method)
-    config = cls.Config.from_dict(
-        {"w_bits": cell.w_bits, "a_bits": cell.a_bits, **cell.method_options}, where=f"method {cell.method}"
-    )
-    return cls(config)
-
-
-def validate(cell: Cell):
+def validate(cell: Cell) -> Method:
+    """Check the cell's model, task, method and options; returns the method instance."""
     model_entry(cell.model)
     TASKS.target(cell.task)
-    return make_method(cell)
+    return Method.from_options(cell.method, cell.w_bits, cell.a_bits, cell.method_options)
 
 
 def load_calibration(cell: Cell, work_dir: Path) -> CalibData:
@@ -79,22 +39,6 @@ def load_calibration(cell: Cell, work_dir: Path) -> CalibData:
     if cell.calib_dir is not None:
         return CalibData.from_image_dir(cell.calib_dir, cell.calib_n)
     return CalibData.from_datasets(cell.davis_root, cell.coco_root, cell.calib_n, work_dir)
-
-
-def with_data_roots(cell: Cell) -> Cell:
-    """Dataset roots from the options, else $BENCH_DAVIS / $BENCH_COCO, else the synthetic
-    sets (generated once into the cache, see bench.data.synth.default_root)."""
-    import os
-    from dataclasses import replace
-
-    davis = cell.davis_root or os.environ.get("BENCH_DAVIS")
-    coco = cell.coco_root or os.environ.get("BENCH_COCO")
-    if davis is None and coco is None:
-        from bench.data.synth import default_root
-
-        root = default_root()
-        davis, coco = str(root / "davis"), str(root / "coco")
-    return replace(cell, davis_root=davis, coco_root=coco)
 
 
 class SharedWork:
@@ -150,7 +94,7 @@ class SharedWork:
 def apply_method(method, model, calib: CalibData | None, seed: int):
     torch.manual_seed(seed)
     model = method.apply(model, calib)
-    check_quantizers_active(model, method.config)
+    check_quantizers_active(model, method)
     return model
 
 
@@ -159,12 +103,12 @@ def run_cell(cell: Cell, work_dir: Path | None = None, shared: SharedWork | None
     'failed' and the traceback; BenchError from bad input propagates. `shared` reuses the
     model build, the calibration data and the quantized model across the cells of one process."""
     method = validate(cell)
-    if cell.task not in DATA_FREE_TASKS or (method.needs_data() and cell.calib_dir is None):
-        cell = with_data_roots(cell)
+    cell = resolve(cell, method.needs_data())
+    ensure_data(cell)
     device = cell.device or default_device()
     record: dict[str, Any] = {
-        "model": cell.model, "method": cell.method, "variant": method.variant, "task": cell.task,
-        "w_bits": cell.w_bits, "a_bits": cell.a_bits, "status": "running",
+        "model": cell.model, "method": cell.method, "variant": method.variant, "tag": cell.tag,
+        "task": cell.task, "w_bits": cell.w_bits, "a_bits": cell.a_bits, "status": "running",
         "config": {"cell": cell.__dict__, "method": method.config.to_dict()},
         "metrics": {}, "timings": {}, **environment(device),
     }
@@ -229,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--w-bits", type=parse_bits, default=None, help="weight bits 2..8, or fp (default)")
     p.add_argument("--a-bits", type=parse_bits, default=None, help="activation bits 2..8, or fp (default)")
     p.add_argument("--task", default="size", help="task name (python -m bench.list); default: size")
+    p.add_argument("--tag", default="", help="a free label of the cell, kept in the record (e.g. a budget)")
     p.add_argument("--set", dest="options", type=parse_option, action="append", default=[],
                    metavar="KEY=VALUE", help="a method option (YAML value), repeatable")
     p.add_argument("--checkpoints", help="folder with official checkpoints (default: $BENCH_CHECKPOINTS)")
@@ -256,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cell = Cell(
         model=args.model, method=args.method, task=args.task, w_bits=args.w_bits, a_bits=args.a_bits,
-        method_options=dict(args.options), random_init=args.random_init, checkpoints=args.checkpoints,
+        method_options=dict(args.options), tag=args.tag, random_init=args.random_init, checkpoints=args.checkpoints,
         device=args.device, davis_root=args.davis_root, coco_root=args.coco_root, split=args.split,
         sequences=args.sequences, max_frames=args.max_frames, max_images=args.max_images,
         detections=args.detections, multimask=args.multimask, calib_dir=args.calib_dir, calib_n=args.calib_n,

@@ -5,16 +5,18 @@ task (see sweeps/smoke.yaml for every key). Everything is checked before anythin
 mistake is one `BenchError` line naming the file, the key path and what is allowed.
 
 `fp` is the reference row: it takes no bits, so the grid gives it one cell per model and
-task (giving an `fp` entry its own `bits` is an error).
+task (giving an `fp` entry its own `bits` is an error). A cell's variant label is its method's
+(`Method.variant`, from the options), the same as from `bench.run`; an entry's `tag` is a free
+label on top (e.g. the budget of a dev-set row).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,28 +24,28 @@ from typing import Any
 import yaml
 
 from bench import BenchError
-from bench.method import method_registry
+from bench.cell import Cell, cell_id, resolve
+from bench.method import METHODS, Method
 from bench.models import MODELS, checkpoint_path
-from bench.run import Cell
 from bench.tasks import DATA_FREE_TASKS, TASKS
 
 EXECUTORS = ("debug", "local", "slurm")
 TOP_KEYS = ("name", "models", "methods", "bits", "tasks", "data", "calibration", "training",
             "checkpoints", "device", "seed", "executor")
-METHOD_KEYS = ("name", "variant", "options", "bits")
+METHOD_KEYS = ("name", "tag", "options", "bits")
 DATA_KEYS = ("davis_root", "coco_root", "split", "sequences", "max_frames", "max_images", "detections",
              "multimask")
 CALIB_KEYS = ("n", "dir")
 EXECUTOR_KEYS = ("kind", "max_parallel", "timeout_min", "slurm")
 SLURM_KEYS = ("partition", "time_min", "gpus_per_node", "cpus_per_task", "mem_gb", "array_parallelism",
               "additional_parameters")
-PATH_KEYS = {"data.davis_root", "data.coco_root", "data.detections", "calibration.dir", "checkpoints"}
 ENV_RE = re.compile(r"\$\{(\w+)\}|\$(\w+)")
 
 
 @dataclass(frozen=True)
 class SweepCell:
-    """One cell of a sweep: what `bench.run` runs, its id and its place in the grid."""
+    """One cell of a sweep: what `bench.run` runs, its id and its place in the grid (`variant`:
+    the method's label for its options)."""
 
     cell: Cell
     cell_id: str
@@ -51,7 +53,7 @@ class SweepCell:
 
     def labels(self) -> dict[str, Any]:
         c = self.cell
-        return {"model": c.model, "method": c.method, "variant": self.variant, "w_bits": c.w_bits,
+        return {"model": c.model, "method": c.method, "variant": self.variant, "tag": c.tag, "w_bits": c.w_bits,
                 "a_bits": c.a_bits, "task": c.task}
 
 
@@ -74,12 +76,6 @@ class Sweep:
 
     def missing_paths(self) -> list[str]:
         return [w for w in self.warnings if w.startswith(("missing", "unset"))]
-
-
-def cell_id(cell: Cell) -> str:
-    """Hash of the resolved cell config (every field of `Cell`): its name in the results."""
-    text = json.dumps(dataclasses.asdict(cell), sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 class _Checker:
@@ -182,9 +178,10 @@ def load(path: str | Path) -> Sweep:
     tasks = ck.str_list(doc["tasks"], "tasks", TASKS.names())
     grid_bits = ck.bits(doc["bits"], "bits") if "bits" in doc else None
     base = _base_cell_fields(doc, ck)
-    training = ck.mapping(doc.get("training"), "training", _training_keys())
+    entries = _method_entries(doc["methods"], ck)
+    training = _training(doc.get("training"), entries, ck)
     cells, skipped, seen = [], [], set()
-    for i, entry in enumerate(_method_entries(doc["methods"], ck)):
+    for i, entry in enumerate(entries):
         key = f"methods[{i}]"
         options = {**{k: v for k, v in training.items() if k in _fields(entry["cls"])}, **entry["options"]}
         pairs = entry["bits"] or grid_bits
@@ -194,23 +191,22 @@ def load(path: str | Path) -> Sweep:
             raise ck.fail(f"{key}.bits", "no bits: give `bits` at the top level or in the method entry")
         for w, a in pairs:
             try:
-                config = entry["cls"].Config.from_dict({"w_bits": w, "a_bits": a, **options}, where=key)
+                method = Method.from_options(entry["name"], w, a, options, where=key)
             except BenchError as e:
                 if entry["bits"] is not None or "w_bits/a_bits" not in str(e):
-                    raise ck.fail(key, str(e).removeprefix(f"{key}: ")) from None
+                    raise _option_error(ck, key, str(e), set(training) - set(entry["options"])) from None
                 skipped.append(f"{entry['name']} W{w or 'fp'}A{a or 'fp'}: {e}")
                 continue
-            variant = entry["variant"] or entry["cls"](config).variant
             for model in models:
                 for task in tasks:
-                    cell = Cell(model=model, method=entry["name"], task=task, w_bits=w, a_bits=a,
-                                method_options=options, **base)
+                    cell = resolve(Cell(model=model, method=entry["name"], task=task, w_bits=w, a_bits=a,
+                                        method_options=options, tag=entry["tag"], **base), method.needs_data())
                     cid = cell_id(cell)
                     if cid in seen:
                         skipped.append(f"{model} {entry['name']} {task}: same cell as an earlier entry")
                         continue
                     seen.add(cid)
-                    cells.append(SweepCell(cell, cid, variant))
+                    cells.append(SweepCell(cell, cid, method.variant))
     _check_paths(doc, base, models, tasks, ck)
     return Sweep(name, path, cells, _executor(doc.get("executor"), ck), skipped, ck.warnings)
 
@@ -219,39 +215,74 @@ def _fields(cls) -> set[str]:
     return {f.name for f in dataclasses.fields(cls.Config)}
 
 
-def _training_keys() -> tuple[str, ...]:
-    """Training budgets are the config fields of methods that train (`steps`, `epochs`, ...):
-    they reach every method whose config has them."""
-    registry = method_registry()
-    keys = set()
-    for name in registry.names():
-        keys |= _fields(registry.get(name)) - {"w_bits", "a_bits"}
-    budget = {"steps", "epochs", "iters", "lr", "batch_size", "train_images"}
-    return tuple(sorted(keys & budget))
+def _training(value: Any, entries: list[dict[str, Any]], ck: _Checker) -> dict[str, Any]:
+    """`training:` budgets (`MethodConfig.budgets`: steps, iters, lr, ...) that reach every
+    listed method whose config has the field: each key a budget of some listed method, each
+    value of the type that field takes."""
+    fields = {}
+    for entry in entries:
+        config = entry["cls"].Config
+        hints = typing.get_type_hints(config)
+        for f in dataclasses.fields(config):
+            if f.name in config.budgets:
+                fields.setdefault(f.name, (hints[f.name], f.type))
+    training = ck.mapping(value, "training", tuple(sorted(fields)))
+    for k, v in training.items():
+        if not _type_ok(fields[k][0], v):
+            raise ck.fail(f"training.{k}", f"expected {fields[k][1]}, got {v!r}")
+    return training
+
+
+def _type_ok(tp: Any, value: Any) -> bool:
+    """Whether a YAML value fits a config field's annotation (int, float, bool, str, None,
+    their unions, tuples); other annotations are left to the config's own checks."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(t, value) for t in typing.get_args(tp))
+    if origin in (tuple, list):
+        return isinstance(value, (list, tuple))
+    checks = {type(None): lambda: value is None, bool: lambda: isinstance(value, bool),
+              int: lambda: isinstance(value, int) and not isinstance(value, bool),
+              float: lambda: isinstance(value, (int, float)) and not isinstance(value, bool),
+              str: lambda: isinstance(value, str)}
+    return checks[tp]() if tp in checks else True
+
+
+def _option_error(ck: _Checker, key: str, msg: str, from_training: set[str]) -> BenchError:
+    """A method's config refused its options: named after `training.<field>` when the field
+    came from the `training:` block, else after the method entry."""
+    msg = msg.removeprefix(f"{key}: ")
+    field_, sep, rest = msg.partition(": ")
+    if sep and field_ in from_training:
+        return ck.fail(f"training.{field_}", rest)
+    return ck.fail(key, msg)
 
 
 def _method_entries(value: Any, ck: _Checker) -> list[dict[str, Any]]:
     if not isinstance(value, list) or not value:
-        raise ck.fail("methods", "expected a non-empty list of method names or {name, variant, options, bits}")
-    registry = method_registry()
+        raise ck.fail("methods", "expected a non-empty list of method names or {name, tag, options, bits}")
     entries = []
     for i, item in enumerate(value):
         key = f"methods[{i}]"
         if isinstance(item, str):
             item = {"name": item}
+        if isinstance(item, dict) and "variant" in item:
+            raise ck.fail(f"{key}.variant", "variant labels come from the method's options; "
+                          "use `tag:` for a free label")
         item = ck.mapping(item, key, METHOD_KEYS)
         if "name" not in item:
             raise ck.fail(f"{key}.name", "required key is missing")
         name = ck.text(item["name"], f"{key}.name")
-        if name not in registry:
-            raise ck.fail(f"{key}.name", f"unknown method {name!r}; allowed: {', '.join(registry.names())}")
+        if name not in METHODS:
+            raise ck.fail(f"{key}.name", f"unknown method {name!r}; allowed: {', '.join(METHODS.names())}")
         if name == "fp" and "bits" in item:
             raise ck.fail(f"{key}.bits", "fp is the unquantized reference: it takes no bits")
-        knobs = tuple(sorted(_fields(registry.get(name)) - {"w_bits", "a_bits"}))
+        cls = METHODS.get(name)
+        knobs = tuple(sorted(_fields(cls) - {"w_bits", "a_bits"}))
         options = ck.mapping(item.get("options"), f"{key}.options", knobs)
         entries.append({
-            "name": name, "cls": registry.get(name), "options": options,
-            "variant": ck.text(item["variant"], f"{key}.variant") if "variant" in item else "",
+            "name": name, "cls": cls, "options": options,
+            "tag": ck.text(item["tag"], f"{key}.tag") if "tag" in item else "",
             "bits": ck.bits(item["bits"], f"{key}.bits") if "bits" in item else None,
         })
     return entries

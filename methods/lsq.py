@@ -1,5 +1,6 @@
-"""`lsq`: Learned Step Size Quantization (Esser et al., ICLR 2020) as quantization-aware
-training of the whole model (bench.qat).
+"""`lsq`: Learned Step Size Quantization (Esser et al., ICLR 2020), whole-model QAT.
+
+Paper: arXiv 1902.08153; trained by the shared quantization-aware training loop (bench.qat).
 
 Every quantizer of the plan (layer weights, layer inputs and, with `quant_attention`,
 attention q/k/v and probabilities) becomes an `LSQQuantizer` (bench.quant.learned): a learned
@@ -16,10 +17,13 @@ Where the paper is silent or does not fit SAM2 (each a config field or documente
     data's mean |x| (`init="minmax"` starts every quantizer from the RTN range instead);
   - attention probabilities (the paper has no softmax quantizer): `prob_init`, default
     "minmax". The paper's init, made for post-ReLU features, clips softmax probabilities
-    (mean 1/N) to a few times their mean, which on the micro model at W4A4 took VOS J&F from
-    75 (RTN) to 30 before training (the previous micro checkpoint); `prob_init: lsq` applies it there too;
+    (mean 1/N) to a few times their mean, so most of the probability mass the attention
+    relies on is cut before training starts; `prob_init: lsq` applies it there too;
   - the paper trains from a full-precision model with SGD for many epochs; here AdamW on the
     calibration data against the FP model's outputs, with the shared budget (bench.qat).
+
+Variant labels: "" (the paper's init), "minmax-init" (`init: minmax`), then `field=value` for
+any other non-default switch.
 """
 
 from __future__ import annotations
@@ -30,8 +34,7 @@ from torch import nn
 
 from bench import BenchError
 from bench.calib import CalibData
-from bench.method import Method
-from bench.qat import QATConfig, quantize_and_train
+from bench.qat import QATConfig, QATMethod
 from bench.quant import wrap
 from bench.quant.calibrate import calibrate_activations
 from bench.quant.fake import FakeQuantizer
@@ -57,12 +60,12 @@ class LSQConfig(QATConfig):
                              f"got {self.weight_granularity!r}")
 
 
-class LSQ(Method):
+class LSQ(QATMethod):
     name = "lsq"
     Config = LSQConfig
 
-    def needs_data(self) -> bool:
-        return True
+    def switch_label(self) -> tuple[str, tuple[str, ...]]:
+        return ("minmax-init", ("init",)) if self.config.init == "minmax" else ("", ())
 
     def _quantizer(self, name: str, old: FakeQuantizer, kind: str) -> LSQQuantizer:
         spec = old.spec
@@ -75,7 +78,3 @@ class LSQ(Method):
         wrap(model, self.config.plan())
         replace_quantizers(model, self._quantizer)
         calibrate_activations(model, calib)
-
-    def apply(self, model: nn.Module, calib: CalibData | None) -> nn.Module:
-        self.info.update(quantize_and_train(model, calib, self.config, lambda m: self.prepare(m, calib), desc="lsq"))
-        return model

@@ -1,5 +1,6 @@
-"""`pact`: PACT, Parameterized Clipping Activation (Choi et al., 2018), as quantization-aware
-training of the whole model (bench.qat).
+"""`pact`: PACT, Parameterized Clipping Activation (Choi et al., 2018), whole-model QAT.
+
+Paper: arXiv 1805.06085; trained by the shared quantization-aware training loop (bench.qat).
 
 Activations (layer inputs and, with `quant_attention`, attention q/k/v and probabilities):
 a `PACTQuantizer` per tensor (bench.quant.learned) with a learned clipping level alpha,
@@ -14,26 +15,27 @@ Choices where the paper does not fit SAM2 (documented here and in the quantizer)
   - `signed_clip: two_sided` (an ablation switch; default `symmetric`): signed tensors get a
     second learned level beta for the negative side, clip(x, -beta, alpha) on asymmetric
     levels, with the same PACT gradients and L2 penalty on beta. The symmetric clip spends
-    half the levels on the short negative side of GELU and LayerNorm outputs: on the micro
-    model at W4A4, before training and with alpha from max|x|, J&F / mIoU 70.6 / 70.7 against
-    RTN's 78.3 / 73.1, while the two-sided clip starts exactly at RTN (sweeps/qat-micro.yaml
-    has both as rows);
+    half the levels on the short negative side of GELU and LayerNorm outputs; the two-sided
+    clip starts exactly at RTN's ranges (sweeps/qat-micro.yaml has both as rows);
   - `alpha_init` (the paper's alpha = 10 assumes post-ReLU activations of another scale):
     "mse" (default), the clipping level of least mean squared quantization error on the
     calibration data (100 candidates up to max|x|, `PACTQuantizer`); null, max|x| (the RTN
-    range); or a number. Chosen on the held-out dev set (sweeps/qat-dev.yaml, J&F / mIoU,
-    600 steps): W2A4 65.1 / 72.2 with "mse" against 62.0 / 71.6 from max|x|, W4A4 65.6 / 75.3
-    against 66.0 / 75.3. From max|x| no value reaches alpha, so only the L2 term moves it
-    until it clips; the least-MSE level starts where clipping and rounding balance;
+    range); or a number. Chosen on the held-out dev set (sweeps/qat-dev.yaml, the `max-init`
+    rows). From max|x| no value reaches alpha, so only the L2 term moves it until it clips;
+    the least-MSE level starts where clipping and rounding balance;
   - weights: the paper pairs PACT with DoReFa weights, whose tanh normalization to [-1, 1]
     relies on a batch norm after every layer; SAM2 has none, so weights are quantized per
     output channel with min/max ranges (RTN, asymmetric, the harness default), recomputed from
     the current weights at every forward pass and straight-through for the weight gradient
     (`RTNWeightQuantizer`).
+
+Variant labels: "" (default), "two-sided", "no-l2" (`alpha_l2: 0`), "max-init"
+(`alpha_init: null`), joined by '+', then `field=value` for any other non-default switch.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -41,8 +43,7 @@ from torch import nn
 
 from bench import BenchError
 from bench.calib import CalibData
-from bench.method import Method
-from bench.qat import QATConfig, quantize_and_train
+from bench.qat import QATConfig, QATMethod
 from bench.quant import wrap
 from bench.quant.calibrate import calibrate_activations
 from bench.quant.fake import FakeQuantizer
@@ -53,7 +54,7 @@ from bench.quant.learned import PACTQuantizer, RTNWeightQuantizer, learned_quant
 class PACTConfig(QATConfig):
     alpha_l2: float = 2e-4  # L2 coefficient on the clipping levels (the paper's lambda_alpha)
     alpha_init: float | str | None = "mse"  # "mse": least-MSE level; None: max|x| over the calibration data
-    signed_clip: str = "symmetric"  # symmetric: [-alpha, alpha] (methods.md); two_sided: [-beta, alpha]
+    signed_clip: str = "symmetric"  # symmetric: [-alpha, alpha]; two_sided: [-beta, alpha]
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -72,16 +73,17 @@ def alpha_penalty(model: nn.Module, coefficient: float) -> torch.Tensor:
     return coefficient * torch.stack([p.square() for p in levels]).sum()
 
 
-class PACT(Method):
+class PACT(QATMethod):
     name = "pact"
     Config = PACTConfig
 
-    def needs_data(self) -> bool:
-        return True
-
-    @property
-    def variant(self) -> str:
-        return "two-sided" if self.config.signed_clip == "two_sided" else ""
+    def switch_label(self) -> tuple[str, tuple[str, ...]]:
+        c = self.config
+        names = {"signed_clip": "two-sided" if c.signed_clip == "two_sided" else "",
+                 "alpha_l2": "no-l2" if c.alpha_l2 == 0 else "",
+                 "alpha_init": "max-init" if c.alpha_init is None else ""}
+        named = {f: label for f, label in names.items() if label}
+        return "+".join(named.values()), tuple(named)
 
     def _quantizer(self, name: str, old: FakeQuantizer, kind: str) -> FakeQuantizer:
         if kind == "weight":
@@ -94,10 +96,8 @@ class PACT(Method):
         replace_quantizers(model, self._quantizer)  # weight ranges from the weights
         calibrate_activations(model, calib)
 
-    def apply(self, model: nn.Module, calib: CalibData | None) -> nn.Module:
-        reg = None
-        if self.config.a_bits is not None and self.config.alpha_l2 > 0:
-            reg = lambda m: alpha_penalty(m, self.config.alpha_l2)  # noqa: E731
-        self.info.update(quantize_and_train(model, calib, self.config, lambda m: self.prepare(m, calib), reg,
-                                            desc="pact"))
-        return model
+    def regularizer(self) -> Callable[[nn.Module], torch.Tensor] | None:
+        c = self.config
+        if c.a_bits is None or c.alpha_l2 <= 0:
+            return None
+        return lambda m: alpha_penalty(m, c.alpha_l2)

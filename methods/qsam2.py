@@ -27,12 +27,12 @@ VRC changes only the image encoder's weights; activation ranges are calibrated b
 the model before the re-fit (VRC keeps the outputs close to the FP ones); every layer's X is
 gathered before any weight is written (the passes all see the FP model); weight quantizers
 are (re)initialized from the re-fitted weights, whose own quantization the fit does not see
-(on the previous micro checkpoint VRC alone beat RTN at W4A4 but not at W2A4, where
-`vrc_ridge` 1e-2 did). `vrc: true, lsc: false, steps: 0` is VRC as post-training calibration.
+(`vrc_ridge` trades the fit for smaller weights). `vrc: true, lsc: false, steps: 0` is VRC as
+post-training calibration.
 
 LSC, Learnable Statistical Clipping (`lsc`): every quantizer (weights per output channel,
 activations per tensor, attention q/k/v/probabilities) becomes an `LSCQuantizer`
-(bench.quant.learned; the reading of methods.md): clip c = alpha * sigma_ema, sigma_ema an
+(bench.quant.learned; our reading of the paper's description): clip c = alpha * sigma_ema, sigma_ema an
 EMA (momentum `lsc_momentum`) of the tensor's standard deviation, alpha learned through the
 straight-through estimator, [-c, c] quantized uniformly (`lsc_narrow`: the symmetric grid
 [-(2^(b-1) - 1), 2^(b-1) - 1]; unsigned tensors [0, c]); alpha starts at max|x| / sigma (the
@@ -41,7 +41,8 @@ RTN range) unless `lsc_alpha_init`. Then the whole model is trained by the share
 weights with min/max ranges of the current weight (`RTNWeightQuantizer`, recomputed at every
 training step), activation ranges fixed at their calibration.
 
-Variants: VRC + LSC (default, ""), "vrc-only" (VRC, no LSC), "lsc-only", "rtn-qat" (neither).
+Variant labels: VRC + LSC (default, ""), "vrc-only" (VRC, no LSC), "lsc-only", "rtn-qat"
+(neither), then `field=value` for any other non-default switch.
 """
 
 from __future__ import annotations
@@ -54,8 +55,7 @@ from tqdm import tqdm
 
 from bench import BenchError
 from bench.calib import CalibData
-from bench.method import Method
-from bench.qat import QATConfig, calibration_images, quantize_and_train
+from bench.qat import QATConfig, QATMethod, calibration_images
 from bench.quant import wrap
 from bench.quant.calibrate import calibrate_activations
 from bench.quant.fake import FakeQuantizer
@@ -73,6 +73,8 @@ BIAS_MODES = ("fit", "keep")
 
 @dataclass(frozen=True)
 class QSAM2Config(QATConfig):
+    budgets = QATConfig.budgets | {"vrc_memory_gb"}  # memory per pass, not the method
+
     vrc: bool = True
     lsc: bool = True
     vrc_bias: str = "fit"
@@ -237,17 +239,14 @@ def _write(layer: QuantLinear, new: torch.Tensor) -> float:
 
 
 # -- the method ----------------------------------------------------------------------------------
-class QSAM2(Method):
+class QSAM2(QATMethod):
     name = "qsam2"
     Config = QSAM2Config
 
-    def needs_data(self) -> bool:
-        return True
-
-    @property
-    def variant(self) -> str:
+    def switch_label(self) -> tuple[str, tuple[str, ...]]:
         c = self.config
-        return {(True, True): "", (True, False): "vrc-only", (False, True): "lsc-only"}.get((c.vrc, c.lsc), "rtn-qat")
+        labels = {(True, True): "", (True, False): "vrc-only", (False, True): "lsc-only"}
+        return labels.get((c.vrc, c.lsc), "rtn-qat"), ("vrc", "lsc")
 
     def _quantizer(self, name: str, old: FakeQuantizer, kind: str) -> FakeQuantizer:
         c = self.config
@@ -264,8 +263,3 @@ class QSAM2(Method):
         for m in model.modules():  # weight quantizers from the (re-fitted) weights
             if isinstance(m, QuantLayer) and isinstance(m.wq, LearnedQuantizer):
                 m.wq.init_weight(m.weight)
-
-    def apply(self, model: nn.Module, calib: CalibData | None) -> nn.Module:
-        self.info.update(quantize_and_train(model, calib, self.config, lambda m: self.prepare(m, calib),
-                                            desc=f"qsam2 {self.variant or 'vrc+lsc'}"))
-        return model

@@ -1,7 +1,8 @@
 """`saqsam`: SAQ-SAM (arXiv 2503.06515), as its official code does it, on SAM2.
 
-The official code is a fork of PTQ4SAM; this method inherits PTQ4SAM's BIG and AGQ
-(methods/ptq4sam.py). Switches `pcc`, `recon`, `par`:
+The official code is a fork of PTQ4SAM's; this method runs the same pipeline (bench/ptq.py:
+BIG, AGQ, observers, block reconstruction) with its own settings. Switches `pcc`, `recon`,
+`par`:
 
 - PCC, Perceptual-Consistency Clipping: for every mask-decoder attention, the ranges of its
   q_proj and k_proj inputs and of its q and k (the projections' outputs) are chosen, one
@@ -32,6 +33,9 @@ The official code is a fork of PTQ4SAM; this method inherits PTQ4SAM's BIG and A
 - `recon` without `par`: the baseline, PTQ4SAM-style block reconstruction with these
   settings. `recon: false, par: false`: SAQ-SAM* (PCC only, statistics).
 
+Variant labels: "PCC+PAR" (default), "PCC", "PAR", "recon" (neither), "stats" (no PCC, no
+reconstruction), then PTQ4SAM's "-noBIG", "-noAGQ", "+evalbug".
+
 Choices where the code is silent on SAM2 (config fields): the PAR path through the later FP
 stages (above); levels of the FPN before the stage are its input (when the block before the
 stage ends a level) or zeros (levels the FPN's top-down path never carries to the image
@@ -50,10 +54,22 @@ from torch import nn
 
 from bench import progress
 from bench.calib import CalibData, CalibImage
+from bench.ptq import PTQConfig, PTQPipeline, check, is_number
 from bench.quant import quant_attentions
 from bench.quant.fake import FakeQuantizer
-from bench.recon import Call, ReconSettings, Stop, capture, detach, lp_loss, run_image_path, train
-from methods.ptq4sam import PTQ4SAM, PTQ4SAMConfig, block_units, check, is_number, recon_info, reconstruct_block
+from bench.recon import (
+    Call,
+    ReconSettings,
+    Stop,
+    block_units,
+    capture,
+    detach,
+    lp_loss,
+    recon_info,
+    reconstruct_block,
+    run_image_path,
+    train,
+)
 
 PCC_PERCENTILES = (
     0.85, 0.87, 0.88, 0.89, 0.90, 0.91, 0.92, 0.93, 0.94, 0.95, 0.960, 0.965, 0.970, 0.975, 0.980,
@@ -65,7 +81,9 @@ FINAL = "sam_mask_decoder.transformer.final_attn_token_to_image"
 
 
 @dataclass(frozen=True)
-class SAQSAMConfig(PTQ4SAMConfig):
+class SAQSAMConfig(PTQConfig):
+    budgets = PTQConfig.budgets | {"final_iters_scale"}
+
     pcc: bool = True
     recon: bool = True
     par: bool = True
@@ -302,18 +320,15 @@ def saq_units(model: nn.Module, cfg: SAQSAMConfig, images: list[CalibImage]) -> 
     return units
 
 
-class SAQSAM(PTQ4SAM):
+class SAQSAM(PTQPipeline):
     name = "saqsam"
     Config = SAQSAMConfig
 
-    @property
-    def variant(self) -> str:
+    def switch_label(self) -> tuple[str, tuple[str, ...]]:
         c = self.config
         parts = (["PCC"] if c.pcc else []) + ([("PAR" if c.par else "recon")] if c.recon else [])
-        label = "+".join(parts) or "stats"
-        label += "" if c.big else "-noBIG"
-        label += "" if c.agq else "-noAGQ"
-        return label + ("+evalbug" if c.eval_dropout_bug else "")
+        label, named = self.statistics_label("+".join(parts) or "stats")
+        return label, ("pcc", "par", "recon", *named)
 
     def before_calibration(self, model: nn.Module, calib: CalibData | None) -> set[int]:
         if not self.config.pcc or self.config.a_bits is None:

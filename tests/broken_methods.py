@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import torch
 
+from bench.method import METHODS
 from bench.quant import wrap
 from bench.quant.calibrate import calibrate_activations, calibrate_weights
 from bench.quant.fake import FakeQuantizer
 from bench.quant.modules import QuantLayer
-from methods import METHODS
 from methods.rtn import RTN
 
 

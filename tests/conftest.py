@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from bench.method import Method
 from bench.models import build_model
+
+
+def make_method(name: str, w_bits: int | None = None, a_bits: int | None = None, **options) -> Method:
+    """The registered method `name` built from bits and options, as the harness builds it."""
+    return Method.from_options(name, w_bits, a_bits, options)
 
 
 @pytest.fixture(scope="session")

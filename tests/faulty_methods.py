@@ -10,7 +10,7 @@ import signal
 import time
 from dataclasses import dataclass
 
-from methods import METHODS
+from bench.method import METHODS
 from methods.rtn import RTN, RTNConfig
 
 

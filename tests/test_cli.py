@@ -35,13 +35,14 @@ def test_list_shows_nine_models_and_methods():
 def test_run_prints_a_record_and_writes_it(tmp_path):
     out_file = tmp_path / "rec.json"
     out = cli("bench.run", "--model", "micro", "--random-init", "--method", "rtn", "--w-bits", "4",
-              "--a-bits", "fp", "--task", "size", "--device", "cpu", "--out", str(out_file))
+              "--a-bits", "fp", "--task", "size", "--device", "cpu", "--out", str(out_file), "--tag", "t1")
     assert out.returncode == 0, out.stderr
     rec = json.loads(out.stdout)
     assert rec == json.loads(out_file.read_text())
     for key in ("model", "method", "w_bits", "a_bits", "task", "status", "metrics", "versions", "timings"):
         assert key in rec
     assert (rec["model"], rec["method"], rec["w_bits"], rec["a_bits"], rec["status"]) == ("micro", "rtn", 4, None, "ok")
+    assert (rec["variant"], rec["tag"], rec["config"]["cell"]["davis_root"]) == ("", "t1", None)  # size: no data
     assert rec["metrics"]["size_bytes"] < rec["metrics"]["bf16_bytes"] / 3
 
 

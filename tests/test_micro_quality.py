@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bench.cell import Cell
 from bench.models import ASSET_DIR, MODELS
-from bench.run import Cell, run_cell
+from bench.run import run_cell
 
 CKPT = ASSET_DIR / MODELS["micro"].checkpoint
 

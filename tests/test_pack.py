@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from bench.method import method_registry
 from bench.pack import export_packed, load_dequantized, pack_bits, unpack_bits
 from bench.quant import QuantPlan, QuantSpec, Scope, quant_layers, wrap
 from bench.quant.calibrate import calibrate_weights
 from bench.tasks import TaskContext
 from bench.tasks.size import run as run_size
+from tests.conftest import make_method
 
 
 @pytest.mark.parametrize("bits", range(2, 9))
@@ -41,8 +41,7 @@ def test_artifact_reproduces_dequantized_weights(micro, tmp_path, gran, bits):
 
 def test_size_task_on_tiny_w2(tiny, tmp_path):
     """sam2.1-t W2 weights: within 2% of the bound and >= 7x smaller than BF16."""
-    cls = method_registry().get("rtn")
-    cls(cls.Config(w_bits=2)).apply(tiny, None)
+    make_method("rtn", w_bits=2).apply(tiny, None)
     m = run_size(tiny, TaskContext("sam2.1-t", "cpu", tmp_path))
     assert m["bf16_bytes"] == 2 * sum(v.numel() for k, v in tiny.state_dict().items()
                                       if not k.endswith((".scale", ".zero_point", ".min_val", ".max_val")))

@@ -10,24 +10,20 @@ import torch
 from sam2.modeling.sam.transformer import Attention
 
 from bench import BenchError
-from bench.method import check_quantizers_active, inactive_quantizers, method_registry
+from bench.method import check_quantizers_active, inactive_quantizers
 from bench.models import build_model
+from bench.ptq import channel_signs, fold_signs, is_bimodal
 from bench.quant.fake import QuantSpec, fake_quant, qparams_from_range
 from bench.quant.log2 import Log2Quantizer, agq_search, log2_quant
 from bench.quant.modules import QuantLayer
 from bench.quant.observers import LpSearch, PTQQuantizer, lp_candidates
-from bench.recon import ReconSettings, capture, frozen_params, train, unit_error
-from methods.ptq4sam import block_units, channel_signs, fold_signs, is_bimodal
+from bench.recon import ReconSettings, block_units, capture, frozen_params, train, unit_error
 from methods.saqsam import PARContext, attention_iou, pcc_search, trunk_stages
+from tests.conftest import make_method
 from tests.test_rtn import make_calib
 
 SMALL = dict(mse_grid=10, mse_zp_steps=4, hist_bins=64, agq_max_calls=1,  # small budgets: fast tests
              components=["image_encoder", "mask_decoder"])
-
-
-def make(name: str, **options):
-    cls = method_registry().get(name)
-    return cls(cls.Config.from_dict(options))
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +143,8 @@ def test_reconstruction_reduces_a_blocks_error(micro_fp, calib):
     after 1500)."""
     trained = build_model("micro", device="cpu")
     model = copy.deepcopy(trained)
-    make("ptq4sam", w_bits=4, a_bits=8, agq=False, **{**SMALL, "components": ["mask_decoder"]}).apply(model, calib)
+    method = make_method("ptq4sam", w_bits=4, a_bits=8, agq=False, **{**SMALL, "components": ["mask_decoder"]})
+    method.apply(model, calib)
     layer = "sam_mask_decoder.transformer.layers.0"
     for name in (f"{layer}.mlp", f"{layer}.cross_attn_image_to_token"):
         unit = model.get_submodule(name)
@@ -177,7 +174,7 @@ def test_reconstruction_reduces_a_blocks_error(micro_fp, calib):
 
 def test_reconstruction_units_run_in_call_order(micro_fp, calib):
     model = copy.deepcopy(micro_fp)
-    make("ptq4sam", w_bits=4, a_bits=4, agq=False, **SMALL).apply(model, calib)
+    make_method("ptq4sam", w_bits=4, a_bits=4, agq=False, **SMALL).apply(model, calib)
     units = block_units(model, ("image_encoder", "mask_decoder"), calib.images)
     registered = [n for n, _ in model.named_modules() if n in set(units)]
     assert sorted(units) == sorted(registered) and units != registered
@@ -192,24 +189,24 @@ def test_eval_dropout_bug_switch(micro_fp, calib):
     decoder = {**SMALL, "components": ["mask_decoder"]}
     recon = dict(recon=True, iters=1, recon_components=["mask_decoder"], agq=False, **decoder)
     fixed = copy.deepcopy(micro_fp)
-    make("ptq4sam", w_bits=4, a_bits=4, **recon).apply(fixed, calib)
+    make_method("ptq4sam", w_bits=4, a_bits=4, **recon).apply(fixed, calib)
     assert inactive_quantizers(fixed) == []
     buggy = copy.deepcopy(micro_fp)
-    method = make("ptq4sam", w_bits=4, a_bits=4, eval_dropout_bug=True, **recon)
+    method = make_method("ptq4sam", w_bits=4, a_bits=4, eval_dropout_bug=True, **recon)
     method.apply(buggy, calib)
     dropping = inactive_quantizers(buggy)
     layers = {n for n, m in buggy.named_modules() if isinstance(m, QuantLayer)}
     assert dropping and all(n.endswith(".aq") and n[:-3] in layers for n in dropping)
     assert all(n.startswith("sam_mask_decoder.") for n in dropping)
     assert method.variant == "L-noAGQ+evalbug"
-    check_quantizers_active(buggy, method.config)  # exempt
+    check_quantizers_active(buggy, method)  # exempt
     with pytest.raises(RuntimeError, match="not active"):
-        check_quantizers_active(buggy, make("ptq4sam", w_bits=4, a_bits=4).config)
+        check_quantizers_active(buggy, make_method("ptq4sam", w_bits=4, a_bits=4))
 
 
 def test_saqsam_pcc_and_par_run_end_to_end(micro_fp, calib):
     model = copy.deepcopy(micro_fp)
-    method = make("saqsam", w_bits=4, a_bits=4, iters=1, recon_images=1, **SMALL)
+    method = make_method("saqsam", w_bits=4, a_bits=4, iters=1, recon_images=1, **SMALL)
     method.apply(model, calib)
     assert inactive_quantizers(model) == [] and method.variant == "PCC+PAR"
     assert len(method.info["pcc_percentile"]) == 4 * 7  # q/k inputs and outputs of 7 decoder attentions
@@ -226,8 +223,8 @@ def test_config_errors_name_the_field():
              ("saqsam", {"bogus": 1}, "unknown option 'bogus'")]
     for name, options, field in cases:
         with pytest.raises(BenchError, match=field) as e:
-            make(name, w_bits=4, a_bits=4, **options)
+            make_method(name, w_bits=4, a_bits=4, **options)
         assert "\n" not in str(e.value)
-    assert make("saqsam", w_bits=4, a_bits=4, recon=False, par=False).variant == "PCC"
-    assert make("saqsam", w_bits=4, a_bits=4, pcc=False, par=False).variant == "recon"
-    assert make("ptq4sam", w_bits=6, a_bits=6, big=False).variant == "S-noBIG"
+    assert make_method("saqsam", w_bits=4, a_bits=4, recon=False, par=False).variant == "PCC"
+    assert make_method("saqsam", w_bits=4, a_bits=4, pcc=False, par=False).variant == "recon"
+    assert make_method("ptq4sam", w_bits=6, a_bits=6, big=False).variant == "S-noBIG"

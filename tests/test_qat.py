@@ -13,21 +13,15 @@ import torch
 from bench import BenchError
 from bench.calib import CalibData, read_rgb
 from bench.data.synth import SynthConfig
-from bench.method import method_registry
 from bench.pack import export_packed, load_dequantized
 from bench.qat import ClipSample, ImageSample, build_samples, evaluate_loss, sample_order, teacher_outputs, train
 from bench.quant import QuantSpec, quant_layers
 from bench.quant.fake import FakeQuantizer
 from bench.quant.learned import LearnedQuantizer, LSCQuantizer, LSQQuantizer, PACTQuantizer, RTNWeightQuantizer
-from bench.train_micro import to_input
-from tests.conftest import synth_set
+from bench.sam2_train import to_input
+from tests.conftest import make_method, synth_set
 
 TINY = SynthConfig(frames=5, clips_train=1, clips_val=1, images_train=2, images_val=1, max_objects=2)
-
-
-def make(name: str, **options):
-    cls = method_registry().get(name)
-    return cls(cls.Config.from_dict(options))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -320,9 +314,9 @@ def test_vrc_refit_solves_least_squares_and_beats_rtn_on_held_out_data(micro_fp,
     torch.manual_seed(0)
     calib_imgs = CalibData(images=calib.images)
     rtn = copy.deepcopy(micro_fp)
-    make("rtn", w_bits=4, a_bits=4, components=["image_encoder"]).apply(rtn, calib_imgs)
+    make_method("rtn", w_bits=4, a_bits=4, components=["image_encoder"]).apply(rtn, calib_imgs)
     model = copy.deepcopy(micro_fp)
-    method = make("qsam2", w_bits=4, a_bits=4, components=["image_encoder"], lsc=False, steps=0)
+    method = make_method("qsam2", w_bits=4, a_bits=4, components=["image_encoder"], lsc=False, steps=0)
     method.apply(model, calib_imgs)
     assert method.info["vrc_layers"] == len(encoder_linears(model)) > 10
     layers, rtn_layers = encoder_linears(model), encoder_linears(rtn)
@@ -366,7 +360,7 @@ def test_vrc_passes_see_the_fp_model_and_quantized_weights_follow_the_refit(micr
     runs = {}
     for budget in (2.0, 1e-9):
         model = copy.deepcopy(micro_fp)
-        method = make("qsam2", w_bits=4, a_bits=4, components=["image_encoder"], lsc=False, steps=0,
+        method = make_method("qsam2", w_bits=4, a_bits=4, components=["image_encoder"], lsc=False, steps=0,
                       vrc_memory_gb=budget)
         method.prepare(model, calib_imgs)
         runs[budget] = (model, method.info)
@@ -392,7 +386,7 @@ def test_qat_loop_is_deterministic_and_reduces_the_distillation_loss(present_fp,
     for cell_seed in (7, 7, 8):  # bench.run seeds torch with the cell's seed; QAT's `seed` defaults to it
         torch.manual_seed(cell_seed)
         model = copy.deepcopy(present_fp)
-        method = make("lsq", w_bits=4, a_bits=4, **FAST)
+        method = make_method("lsq", w_bits=4, a_bits=4, **FAST)
         method.apply(model, calib)
         runs.append((model, method.info))
     (m1, info), (m2, _), (m3, _) = runs
@@ -430,7 +424,7 @@ def test_lsq_init_of_attention_probabilities(present_fp, calib, prob_init):
     from bench.quant.scope import quant_attentions
 
     model = copy.deepcopy(present_fp)
-    method = make("lsq", w_bits=4, a_bits=4, prob_init=prob_init)
+    method = make_method("lsq", w_bits=4, a_bits=4, prob_init=prob_init)
     method.prepare(model, calib)
     probs = [a.p_quant for a in quant_attentions(model).values()]
     inputs = [layer.aq for layer in quant_layers(model).values()]
@@ -447,7 +441,7 @@ def test_lsq_init_of_attention_probabilities(present_fp, calib, prob_init):
                                            ("qsam2", {"vrc": False})])
 def test_other_qat_methods_train(present_fp, calib, name, options):
     model = copy.deepcopy(present_fp)
-    method = make(name, w_bits=4, a_bits=4, **{**FAST, "steps": 4, **options})
+    method = make_method(name, w_bits=4, a_bits=4, **{**FAST, "steps": 4, **options})
     method.apply(model, calib)
     info = method.info
     assert info["loss_after"]["total"] < info["loss_before"]["total"], info
@@ -463,9 +457,9 @@ def test_other_qat_methods_train(present_fp, calib, name, options):
 
 def test_training_with_nothing_to_train_is_a_one_line_error(present_fp, calib):
     with pytest.raises(BenchError) as e:  # Q-SAM2 knows it from its config, before any work
-        make("qsam2", w_bits=4, a_bits=4, **{**FAST, "steps": 2}, vrc=False, lsc=False, train_weights=False)
+        make_method("qsam2", w_bits=4, a_bits=4, **{**FAST, "steps": 2}, vrc=False, lsc=False, train_weights=False)
     assert str(e.value).startswith("steps: 2 training steps but nothing to train") and "\n" not in str(e.value)
-    cfg = make("lsq", w_bits=4, a_bits=4, **{**FAST, "steps": 2}, train_weights=False).config
+    cfg = make_method("lsq", w_bits=4, a_bits=4, **{**FAST, "steps": 2}, train_weights=False).config
     samples = build_samples(calib, 256, 3)
     with pytest.raises(BenchError) as e:  # a model without learned quantizers: the loop itself refuses
         train(copy.deepcopy(present_fp), samples, teacher_outputs(present_fp, samples), cfg)
@@ -485,12 +479,12 @@ def test_config_errors_are_one_line_and_name_the_field():
     ]
     for name, opts, field in cases:
         with pytest.raises(BenchError) as e:
-            make(name, w_bits=4, a_bits=4, **opts)
+            make_method(name, w_bits=4, a_bits=4, **opts)
         msg = str(e.value)
         assert msg.startswith(f"{field}: ") and "\n" not in msg, msg
-    assert make("qsam2", w_bits=2, a_bits=4, lsc=False, steps=0).variant == "vrc-only"
-    assert make("qsam2", w_bits=2, a_bits=4, vrc=False).variant == "lsc-only"
-    assert make("pact", w_bits=2, a_bits=4, signed_clip="two_sided").variant == "two-sided"
+    assert make_method("qsam2", w_bits=2, a_bits=4, lsc=False, steps=0).variant == "vrc-only"
+    assert make_method("qsam2", w_bits=2, a_bits=4, vrc=False).variant == "lsc-only"
+    assert make_method("pact", w_bits=2, a_bits=4, signed_clip="two_sided").variant == "two-sided"
 
 
 def test_sample_order_mixes_images_and_video_windows_as_asked():

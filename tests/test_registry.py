@@ -26,9 +26,29 @@ def test_unknown_name_lists_known_and_suggests():
         r.get("rtm")
 
 
+def test_a_target_that_is_not_a_method_is_a_one_line_error():
+    from bench.method import Method
+
+    r = Registry("method", base=Method)
+    r.register("spec", "bench.quant:QuantSpec")
+    r.register("gone", "bench.quant:NoSuchThing")
+    with pytest.raises(BenchError, match=r"^method 'spec': bench.quant:QuantSpec is not a Method subclass$"):
+        r.get("spec")
+    with pytest.raises(BenchError, match=r"^method 'gone': bench.quant:NoSuchThing does not exist"):
+        r.get("gone")
+
+
+def test_the_loader_runs_once_before_the_first_lookup():
+    calls = []
+    r = Registry("method", load=lambda: calls.append(r.register("late", "bench.quant:QuantSpec")))
+    r.register("early", "bench.quant:QuantSpec")
+    assert calls == []
+    assert r.names() == ["early", "late"] and "late" in r and calls == [None]
+
+
 def test_listing_imports_no_method_module():
     code = (
-        "import sys; from methods import METHODS; names = METHODS.names(); "
+        "import sys; from bench.method import METHODS; names = METHODS.names(); "
         "assert 'methods.rtn' not in sys.modules, 'listing imported methods.rtn'; "
         "cls = METHODS.get('rtn'); assert 'methods.rtn' in sys.modules; print(names)"
     )

@@ -11,10 +11,9 @@ from PIL import Image
 
 from bench import BenchError
 from bench.calib import CalibClip, CalibData, CalibImage, run_calibration
-from bench.method import method_registry
 from bench.quant import quant_attentions, quant_layers
 from bench.quant.calibrate import activation_quantizers
-from tests.conftest import textured_image
+from tests.conftest import make_method, textured_image
 
 
 def make_calib(tmp_path, n_images: int = 2, with_clip: bool = True) -> CalibData:
@@ -32,11 +31,6 @@ def make_calib(tmp_path, n_images: int = 2, with_clip: bool = True) -> CalibData
     return CalibData(images=images, clips=clips)
 
 
-def make(name: str, **options):
-    cls = method_registry().get(name)
-    return cls(cls.Config.from_dict(options))
-
-
 def encoder_error(model, ref_model, image) -> float:
     x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
     with torch.no_grad():
@@ -47,27 +41,27 @@ def encoder_error(model, ref_model, image) -> float:
 
 def test_fp_rejects_bits_and_changes_nothing(micro):
     with pytest.raises(BenchError, match="fp"):
-        make("fp", w_bits=4)
+        make_method("fp", w_bits=4)
     before = {k: v.clone() for k, v in micro.state_dict().items()}
-    make("fp").apply(micro, None)
+    make_method("fp").apply(micro, None)
     assert all(torch.equal(before[k], v) for k, v in micro.state_dict().items())
 
 
 def test_rtn_config_validation():
     with pytest.raises(BenchError, match="w_bits"):
-        make("rtn", w_bits=0)
+        make_method("rtn", w_bits=0)
     with pytest.raises(BenchError, match="a_bits"):
-        make("rtn", w_bits=4, a_bits=9)
+        make_method("rtn", w_bits=4, a_bits=9)
     with pytest.raises(BenchError, match="at least one bit width"):
-        make("rtn")
+        make_method("rtn")
     with pytest.raises(BenchError, match=r"unknown option 'bogus'"):
-        make("rtn", w_bits=4, bogus=1)
+        make_method("rtn", w_bits=4, bogus=1)
 
 
 def test_rtn_w4a4_calibrates_every_quantizer(micro_fp, tmp_path):
     calib = make_calib(tmp_path)
     model = copy.deepcopy(micro_fp)
-    make("rtn", w_bits=4, a_bits=4).apply(model, calib)
+    make_method("rtn", w_bits=4, a_bits=4).apply(model, calib)
     acts = dict(activation_quantizers(model))
     assert len(quant_layers(model)) > 50 and len(quant_attentions(model)) > 10
     assert acts and all(q.active for q in acts.values())
@@ -82,7 +76,7 @@ def test_rtn_w4a4_calibrates_every_quantizer(micro_fp, tmp_path):
 def test_rtn_without_clips_cannot_calibrate_memory_modules(micro, tmp_path):
     calib = make_calib(tmp_path, with_clip=False)
     with pytest.raises(BenchError, match="memory_attention"):
-        make("rtn", w_bits=8, a_bits=8).apply(micro, calib)
+        make_method("rtn", w_bits=8, a_bits=8).apply(micro, calib)
 
 
 def test_rtn_image_scope_with_images_only(micro_fp, tmp_path):
@@ -90,6 +84,6 @@ def test_rtn_image_scope_with_images_only(micro_fp, tmp_path):
     errs = {}
     for bits in (8, 4, 2):
         model = copy.deepcopy(micro_fp)
-        make("rtn", w_bits=bits, a_bits=bits, components=["image_encoder", "mask_decoder"]).apply(model, calib)
+        make_method("rtn", w_bits=bits, a_bits=bits, components=["image_encoder", "mask_decoder"]).apply(model, calib)
         errs[bits] = encoder_error(model, micro_fp, textured_image(11))
     assert errs[8] * 10 < errs[4] < errs[2], errs

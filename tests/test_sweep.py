@@ -41,7 +41,9 @@ MALFORMED = [
     (VALID.replace("[[8, 8], [4, 4]]", "[4, 4]"), "bits[0]: expected [w_bits, a_bits]"),
     (VALID.replace("[[8, 8], [4, 4]]", "[['4', 4]]"), "bits[0][0]: bit width must be an integer"),
     (VALID.replace("[fp, rtn]", "[{name: fp, bits: [[4, 4]]}]"), "methods[0].bits: fp is the unquantized reference"),
-    (VALID.replace("[fp, rtn]", "[{variant: x}]"), "methods[0].name: required key is missing"),
+    (VALID.replace("[fp, rtn]", "[{tag: x}]"), "methods[0].name: required key is missing"),
+    (VALID.replace("[fp, rtn]", "[{name: rtn, variant: x}]"),
+     "methods[0].variant: variant labels come from the method's options; use `tag:` for a free label"),
     (VALID.replace("[fp, rtn]", "[{name: rtn, option: {}}]"), "methods[0].option: unknown key; allowed: name"),
     (VALID.replace("[fp, rtn]", "[{name: rtn, options: {scope_preset: everything}}]"), "methods[0]:"),
     (VALID.replace("[fp, rtn]", "[{name: rtn, options: {granularity: group}}]"),
@@ -59,6 +61,14 @@ MALFORMED = [
     (VALID + "executor: {slurm: {cpus_per_task: two}}\n", "executor.slurm.cpus_per_task: expected an integer"),
     (VALID + "name: 'my sweep'\n", "name: letters, digits"),
     (VALID + "training: {optimizer: adam}\n", "training.optimizer: unknown key"),
+    (VALID + "training: {steps: 10}\n", "training.steps: unknown key; allowed: (none)"),  # no listed method has it
+    (VALID.replace("[fp, rtn]", "[fp, lsq]") + "training: {steps: many}\n",
+     "training.steps: expected int, got 'many'"),
+    (VALID.replace("[fp, rtn]", "[fp, lsq]") + "training: {steps: 1.5}\n", "training.steps: expected int, got 1.5"),
+    (VALID.replace("[fp, rtn]", "[fp, lsq]") + "training: {steps: -1}\n",
+     "training.steps: expected an integer >= 0, got -1"),
+    (VALID.replace("[fp, rtn]", "[lsq, ptq4sam]") + "training: {iters: 10, steps: true}\n",
+     "training.steps: expected int, got True"),
     ("models: [micro]\nmethods: [rtn]\ntasks: [instseg]\n", "methods[0].bits: no bits"),
 ]
 
@@ -89,32 +99,87 @@ models: [micro, sam2.1-t]
 methods:
   - fp
   - rtn
-  - {name: rtn, variant: decoder-only, options: {components: [mask_decoder]}}
+  - {name: rtn, tag: decoder-only, options: {components: [mask_decoder]}}
 bits: [[8, 8], [4, fp], [fp, fp]]
 tasks: [size, instseg]
 """)
     sweep = load(path)
-    # fp: one cell per model x task; rtn: (8,8), (4,fp) per variant; (fp,fp) dropped with a reason
+    # fp: one cell per model x task; rtn: (8,8), (4,fp) per entry; (fp,fp) dropped with a reason
     assert len(sweep.cells) == 2 * 2 * (1 + 2 + 2)
     assert len({c.cell_id for c in sweep.cells}) == len(sweep.cells)
     assert any("rtn Wfp" in s and "at least one bit width" in s for s in sweep.skipped)
     fp = [c for c in sweep.cells if c.cell.method == "fp"]
     assert all(c.cell.w_bits is None and c.cell.a_bits is None for c in fp)
-    assert {c.variant for c in sweep.cells if c.cell.method == "rtn"} == {"", "decoder-only"}
+    assert {(c.variant, c.cell.tag) for c in sweep.cells if c.cell.method == "rtn"} == {("", ""), ("", "decoder-only")}
+    assert {c.labels()["tag"] for c in sweep.cells} == {"", "decoder-only"}
     assert sweep.name == "grid" and load(path).cells == sweep.cells  # ids are stable
 
 
-def test_shipped_sweeps_validate_and_smoke_covers_every_method():
-    from bench.method import method_registry
+def test_shipped_sweeps_validate_and_smoke_covers_the_shipped_methods():
+    """(A new method is covered by the contract test once registered; smoke.yaml lists the
+    shipped ones.) Every cell's variant is the one `bench.run` records for the same cell."""
+    from bench.run import validate
 
     smoke = load(REPO / "sweeps" / "smoke.yaml")
-    registry = method_registry()
-    built_in = {n for n in registry.names() if registry.target(n).startswith("methods.")}
-    assert {c.cell.method for c in smoke.cells} == built_in
+    assert {c.cell.method for c in smoke.cells} == {"fp", "rtn", "lsq", "pact", "qsam2", "ptq4sam", "saqsam"}
     assert {c.cell.task for c in smoke.cells} == {"vos", "instseg"} and {c.cell.model for c in smoke.cells} == {"micro"}
     assert len({(c.cell.w_bits, c.cell.a_bits) for c in smoke.cells if c.cell.method != "fp"}) == 2
     for path in sorted((REPO / "sweeps").glob("*.yaml")):
-        assert load(path).cells, path
+        cells = load(path).cells
+        assert cells, path
+        assert all(validate(c.cell).variant == c.variant for c in cells), path
+
+
+def test_variant_labels_are_canonical_and_tags_make_other_cells(tmp_path):
+    path = tmp_path / "labels.yaml"
+    path.write_text("""
+models: [micro]
+methods:
+  - {name: pact, options: {signed_clip: two_sided, alpha_l2: 0}}
+  - {name: pact, options: {steps: 10, clip_frames: 3}}
+  - {name: pact, tag: "200", options: {steps: 200}}
+  - {name: qsam2, options: {lsc: false, steps: 0, vrc_ridge: 0.01}}
+  - {name: ptq4sam, options: {recon: true, iters: 5, agq_taus: [1]}}
+bits: [[4, 4]]
+tasks: [instseg]
+""")
+    cells = load(path).cells
+    assert [(c.variant, c.cell.tag) for c in cells] == [
+        ("two-sided+no-l2", ""), ("", ""), ("", "200"), ("vrc-only+vrc_ridge=0.01", ""), ("L+agq_taus=[1]", "")]
+
+
+def test_cell_ids_hash_the_resolved_data_roots(tmp_path, monkeypatch, capsys):
+    """The same sweep on another dataset is other cells (its records are not reused); a size
+    cell of a data-free method reads no data and keeps its id; the synthetic default is only a
+    path at load time (nothing is generated)."""
+    path = tmp_path / "roots.yaml"
+    path.write_text("models: [micro]\nmethods: [fp, rtn]\nbits: [[4, fp]]\ntasks: [size, instseg]\n")
+    monkeypatch.setenv("BENCH_SYNTH", str(tmp_path / "synth"))
+    monkeypatch.delenv("BENCH_COCO", raising=False)
+    ids = {}
+    for name in ("A", "B", None):
+        if name:
+            monkeypatch.setenv("BENCH_DAVIS", str(tmp_path / name))
+        else:
+            monkeypatch.delenv("BENCH_DAVIS", raising=False)
+        ids[name] = {(c.cell.method, c.cell.task): c for c in load(path).cells}
+    assert not (tmp_path / "synth").exists()
+    for key in [("fp", "instseg"), ("rtn", "instseg")]:
+        assert len({ids[n][key].cell_id for n in ids}) == 3
+    assert ids["A"][("fp", "instseg")].cell.davis_root == str(tmp_path / "A")
+    assert ids[None][("fp", "instseg")].cell.coco_root == str(tmp_path / "synth" / "coco")
+    for key in [("fp", "size"), ("rtn", "size")]:  # rtn W4Afp needs no calibration
+        assert len({ids[n][key].cell_id for n in ids}) == 1 and ids["A"][key].cell.davis_root is None
+    # A's records, as a finished run leaves them: under B only the size cells are done
+    results = tmp_path / "results"
+    (results / "roots").mkdir(parents=True)
+    for sc in ids["A"].values():
+        record = {**sc.labels(), "status": "ok", "cell_id": sc.cell_id, "metrics": {}}
+        (results / "roots" / f"{sc.cell_id}.json").write_text(json.dumps(record))
+    for name, to_run in (("A", 0), ("B", 2)):
+        monkeypatch.setenv("BENCH_DAVIS", str(tmp_path / name))
+        assert sweep_main([str(path), "--dry-run", "--results", str(results)]) == 0
+        assert f"sweep roots: 4 cells, {to_run} to run" in capsys.readouterr().out
 
 
 def test_dry_run_lists_cells_and_warns_about_missing_data(tmp_path):

@@ -23,7 +23,7 @@ def grid(n_models: int) -> str:
     return f"""
 name: dryrun
 models: [{models}]
-methods: [fp, rtn, {{name: rtn, variant: decoder-only, options: {{components: [mask_decoder]}}}}]
+methods: [fp, rtn, {{name: rtn, tag: decoder-only, options: {{components: [mask_decoder]}}}}]
 bits: [[8, 8], [4, 4], [4, 8], [2, 4], [2, 8]]
 tasks: [size, vos, instseg, coco-map]
 """

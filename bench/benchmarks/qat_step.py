@@ -22,11 +22,10 @@ from pathlib import Path
 import torch
 
 from bench.calib import CalibData
-from bench.method import method_registry
+from bench.method import Method
 from bench.models import build_model
 from bench.qat import ImageSample, build_samples, make_optimizer, teacher_outputs, train_step
 from bench.quant.learned import learned_quantizers
-from methods.pact import alpha_penalty
 
 VARIANTS = {
     "lsq": ("lsq", {}),
@@ -38,11 +37,10 @@ VARIANTS = {
 
 def prepared(fp: torch.nn.Module, name: str, options: dict, bits: int, calib: CalibData):
     """A copy of `fp` quantized by the method's `prepare` (wrap, quantizers, calibration)."""
-    cls = method_registry().get(name)
-    method = cls(cls.Config.from_dict({"w_bits": bits, "a_bits": bits, **options}))
+    method = Method.from_options(name, bits, bits, options)
     model = copy.deepcopy(fp)
     method.prepare(model, calib)
-    return model, method.config
+    return model, method
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -57,9 +55,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from bench.data.synth import default_root
+    from bench.data.synth import ensure_default
 
-    root = default_root()
+    root = ensure_default()
     with tempfile.TemporaryDirectory() as tmp:
         calib = CalibData.from_datasets(str(root / "davis"), str(root / "coco"), 8, Path(tmp))
         fp = build_model("micro", random_init=args.random_init, device=args.device)
@@ -71,15 +69,16 @@ def main(argv: list[str] | None = None) -> None:
         models = {"FP": (copy.deepcopy(fp), None)}
         for label, (name, options) in VARIANTS.items():
             models[label] = prepared(fp, name, options, args.bits, calib)
-    cfg0 = next(c for _, c in models.values() if c is not None)
+    cfg0 = next(m.config for _, m in models.values() if m is not None)
     runners = {}
-    for label, (model, cfg) in models.items():
-        cfg = cfg or cfg0
+    for label, (model, method) in models.items():
+        cfg = method.config if method else cfg0
         model.eval()
         opt, params = make_optimizer(model, cfg)
         for q in learned_quantizers(model).values():
             q.train()
-        reg = (lambda m=model, c=cfg: alpha_penalty(m, c.alpha_l2)) if hasattr(cfg, "alpha_l2") else None
+        term = method.regularizer() if method else None
+        reg = (lambda m=model, t=term: t(m)) if term else None
         runners[label] = (model, cfg, opt, params, reg)
         step_round(*runners[label], round_, teacher)  # warm-up
     times: dict[str, list[float]] = {k: [] for k in runners}

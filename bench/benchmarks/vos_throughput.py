@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
+from bench.cell import Cell, ensure_data, with_data_roots
 from bench.models import build_model
-from bench.run import Cell, with_data_roots
 from bench.tasks import TaskContext, vos
 
 
@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=11)
     args = p.parse_args(argv)
     cell = with_data_roots(Cell(model=args.model, method="fp", task="vos", davis_root=args.davis_root))
+    ensure_data(cell)
     model = build_model(args.model, args.checkpoints, random_init=args.random_init, device=args.device)
     with tempfile.TemporaryDirectory() as tmp:
         ctx = TaskContext(args.model, str(model.device), Path(tmp), {**cell.task_options(), "progress": False})

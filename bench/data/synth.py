@@ -341,11 +341,17 @@ def generate(cfg: SynthConfig, out: Path) -> None:
 
 
 def default_root() -> Path:
-    """The synthetic sets used when no dataset is given: `$BENCH_SYNTH`, else
-    ~/.cache/sam-quant-bench/synth-v<VERSION>; generated on first use (default settings)."""
+    """Where the synthetic sets used when no dataset is given live: `$BENCH_SYNTH`, else
+    ~/.cache/sam-quant-bench/synth-v<VERSION>. Only the path (a sweep's dry run resolves it
+    without writing anything); `ensure_default` writes the sets."""
     import os
 
-    root = Path(os.environ.get("BENCH_SYNTH") or Path.home() / ".cache" / "sam-quant-bench" / f"synth-v{VERSION}")
+    return Path(os.environ.get("BENCH_SYNTH") or Path.home() / ".cache" / "sam-quant-bench" / f"synth-v{VERSION}")
+
+
+def ensure_default() -> Path:
+    """`default_root()`, generated on first use (default settings)."""
+    root = default_root()
     if not (root / "synth.json").is_file():
         import sys
 

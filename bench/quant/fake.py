@@ -1,6 +1,6 @@
 """Uniform fake quantization: the spec of a quantizer and the nn.Module that applies it.
 
-Conventions (../design/methods.md, shared by every method):
+Conventions shared by every method:
   asymmetric: s = (max(x_max, 0) - min(x_min, 0)) / (2^b - 1), z = clamp(-round(x_min / s), 0, 2^b - 1),
               levels [0, 2^b - 1];
   symmetric:  z = 0, levels [-2^(b-1), 2^(b-1) - 1] (or the narrow range [-(2^(b-1) - 1), ...]),

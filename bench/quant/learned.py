@@ -241,7 +241,7 @@ class PACTQuantizer(LearnedQuantizer):
     """PACT (Choi et al., 2018): a learned clipping level `alpha` (nn.Parameter, per tensor).
 
     y = clip(x, 0, alpha) for unsigned tensors, clip(x, -alpha, alpha) for signed ones (SAM2's
-    activations are signed: the symmetric clip, see methods.md); y is quantized uniformly on
+    activations are signed; the paper's form is for post-ReLU ones); y is quantized uniformly on
     [0, alpha] with 2^b - 1 steps, or on [-alpha, alpha] with the narrow symmetric levels
     [-(2^(b-1) - 1), 2^(b-1) - 1] (so the grid is symmetric and ends exactly at +-alpha).
     Gradients as in the paper: the rounding is straight-through (d y_q / d y = 1), so
@@ -252,7 +252,7 @@ class PACTQuantizer(LearnedQuantizer):
     candidates i / MSE_GRID * max|x| (the error estimated on MSE_SAMPLE values drawn
     uniformly, with a fixed seed, from each calibration call, so every call weighs the same).
 
-    `two_sided=True` (an ablation switch, not the paper's or methods.md's form): a signed
+    `two_sided=True` (an ablation switch, not the paper's form): a signed
     tensor gets a second learned level `beta` > 0 for its negative side, y = clip(x, -beta,
     alpha) quantized with the asymmetric levels [0, 2^b - 1] (step s = (alpha + beta) /
     (2^b - 1), zero point round(beta / s), as RTN's activations); d y_q / d alpha = 1 where
@@ -357,8 +357,8 @@ class PACTQuantizer(LearnedQuantizer):
 
 
 class LSCQuantizer(LearnedQuantizer):
-    """Q-SAM2's Learnable Statistical Clipping (the reading in methods.md; the paper's exact
-    form is unpublished): clip threshold c = alpha * sigma_ema, quantize [-c, c] uniformly
+    """Q-SAM2's Learnable Statistical Clipping (our reading of arXiv 2506.09782; the paper's
+    exact form is unpublished): clip threshold c = alpha * sigma_ema, quantize [-c, c] uniformly
     ([0, c] for unsigned tensors).
 
     sigma_ema is an exponential moving average of the tensor's standard deviation (population
