@@ -267,12 +267,14 @@ class ItemSpec:
     """How a task's items make its metrics: `unit` is the field a bootstrap resamples whole,
     `key` the fields that name one item (to pair two cells' items), `means` the metrics that
     are means of an item value (None: the item is not in that mean); `statistic` computes the
-    rest (e.g. COCO AP) from a list of items."""
+    rest (e.g. COCO AP) from a list of items, and `resampled(items, unit of each item, weights)`
+    the same statistic under each row of unit weights (how often each unit is drawn) at once."""
 
     unit: str
     key: tuple[str, ...]
     means: dict[str, Callable[[dict], float | None]]
     statistic: Callable[[list[dict]], dict[str, float | None]] | None = None
+    resampled: Callable[[list[dict], np.ndarray, np.ndarray], dict[str, np.ndarray]] | None = None
     empty: Callable[[dict], dict] | None = None  # an item one cell lacks, as that cell scored it
 
 
@@ -314,12 +316,55 @@ def coco_ap(items: list[dict]) -> dict[str, float | None]:
     return {"mAP": 100.0 * float(np.mean(precisions)) if precisions else None}
 
 
+def coco_ap_resampled(items: list[dict], unit: np.ndarray, weights: np.ndarray,
+                      chunk: int = 100) -> dict[str, np.ndarray]:
+    """`coco_ap` under every row of `weights` (resamples x units) at once. A unit drawn k times
+    counts its GT objects and detections k times: the detections are sorted once, and the
+    cumulative true and false positives are weighted sums (a run of k copies of one detection
+    moves precision monotonically, so the interpolated precision equals that of the copies
+    laid out one by one)."""
+    n_points = len(COCO_RECALL_POINTS)
+    total, entries = np.zeros(len(weights)), np.zeros(len(weights))
+    bits = 1 << np.arange(COCO_IOU_THRESHOLDS)
+    by_cat: dict[Any, list[int]] = {}
+    for i, it in enumerate(items):
+        by_cat.setdefault(it["category"], []).append(i)
+    for rows in by_cat.values():
+        gt_w = weights[:, unit[rows]] @ np.array([float(items[i]["gt"]) for i in rows])
+        dets = [(d, unit[i]) for i in rows for d in items[i]["dets"]]
+        table = np.array([d for d, _ in dets], dtype=float).reshape(-1, 3)
+        order = np.argsort(-table[:, 0], kind="mergesort")
+        det_unit = np.array([u for _, u in dets], dtype=np.int64)[order]
+        matched = (table[order, 1].astype(np.int64)[None, :] & bits[:, None]) > 0
+        ignored = (table[order, 2].astype(np.int64)[None, :] & bits[:, None]) > 0
+        n = len(order)
+        for start in range(0, len(weights), chunk):
+            w = weights[start:start + chunk]
+            valid = gt_w[start:start + chunk] > 0
+            wd = w[:, det_unit]
+            b = np.arange(len(w))[:, None]
+            for t in range(COCO_IOU_THRESHOLDS):
+                tp = np.cumsum(wd * (matched[t] & ~ignored[t]), axis=1)
+                fp = np.cumsum(wd * (~matched[t] & ~ignored[t]), axis=1)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    recall = tp / gt_w[start:start + chunk, None]
+                prec = np.maximum.accumulate((tp / (tp + fp + np.spacing(1)))[:, ::-1], axis=1)[:, ::-1]
+                # per row, as pycocotools does it (offsetting rows into one search would round the recalls)
+                at = np.array([np.searchsorted(r, COCO_RECALL_POINTS, side="left") for r in recall])
+                found = at < n
+                q = np.where(found, prec[b, np.minimum(at, n - 1)], 0.0) if n else np.zeros((len(w), n_points))
+                total[start:start + chunk] += np.where(valid, q.sum(axis=1), 0.0)
+                entries[start:start + chunk] += np.where(valid, n_points, 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {"mAP": 100.0 * total / entries}
+
+
 ITEMS: dict[str, ItemSpec] = {
     "vos": ItemSpec("sequence", ("sequence", "object"), {
         "J&F": lambda it: (it["J"] + it["F"]) / 2, "J": lambda it: it["J"], "F": lambda it: it["F"]}),
     "instseg": ItemSpec("image", ("image", "object"), {
         "mIoU": lambda it: it["IoU"], **{f"mIoU_{a}": _area_iou(a) for a in ("small", "medium", "large")}}),
-    "coco-map": ItemSpec("image", ("image", "category"), {}, statistic=coco_ap,
+    "coco-map": ItemSpec("image", ("image", "category"), {}, statistic=coco_ap, resampled=coco_ap_resampled,
                          empty=lambda it: {**it, "dets": []}),
 }
 
@@ -385,15 +430,10 @@ def _bootstrap(spec: ItemSpec, item_sets: list[list[dict]], combine: Callable[[l
         with np.errstate(invalid="ignore", divide="ignore"):
             means = [weights @ np.bincount(idx, weights=v[name][0], minlength=n_units) / counts for v in per_set]
         out[name] = _percentiles(np.asarray(combine(means), dtype=float)) if used.sum() else None
-    if spec.statistic is not None:  # a unit drawn twice contributes its items twice
-        samples: dict[str, list[float]] = {}
-        members = [np.flatnonzero(idx == u) for u in range(n_units)]
-        for w in weights.astype(int):
-            chosen = [i for u, c in enumerate(w) for _ in range(c) for i in members[u]]
-            value = combine([spec.statistic([s[i] for i in chosen]) for s in item_sets])
-            for name, v in value.items():
-                samples.setdefault(name, []).append(math.nan if v is None else v)
-        out.update({name: _percentiles(np.array(v, dtype=float)) for name, v in samples.items()})
+    if spec.resampled is not None:
+        per_set_stats = [spec.resampled(s, idx, weights) for s in item_sets]
+        for name in per_set_stats[0]:
+            out[name] = _percentiles(np.asarray(combine([st[name] for st in per_set_stats]), dtype=float))
     return out
 
 
@@ -402,11 +442,8 @@ def _first(values: list) -> Any:
 
 
 def _difference(values: list) -> Any:
-    """a - b of two cells' values (arrays of resampled means, or dicts of statistics)."""
-    a, b = values
-    if isinstance(a, dict):
-        return {k: None if a[k] is None or b.get(k) is None else a[k] - b[k] for k in a}
-    return a - b
+    """a - b of two cells' resampled values."""
+    return values[0] - values[1]
 
 
 def intervals(task: str, items: list[dict], seed: int = BOOTSTRAP_SEED,

@@ -16,6 +16,7 @@ from bench.results import (
     _resample_weights,
     aggregate,
     coco_ap,
+    coco_ap_resampled,
     intervals,
     load_cells,
     paired,
@@ -101,6 +102,15 @@ def test_coco_ap_from_items_equals_cocoeval_and_pairs_missing_items_as_empty():
     assert p.delta == pytest.approx(coco_ap(empty)["mAP"] - out["mAP"])
     lo, hi = intervals("coco-map", out["items"])["metrics"]["mAP"]
     assert lo < out["mAP"] < hi
+    # the vectorized resampling equals AP of the resampled items laid out one by one
+    units = sorted({it["image"] for it in out["items"]})
+    unit = np.array([units.index(it["image"]) for it in out["items"]])
+    weights = np.vstack([np.ones(len(units), int), _resample_weights(len(units), 7, 20)])
+    fast = coco_ap_resampled(out["items"], unit, weights)["mAP"]
+    for w, got in zip(weights, fast):
+        drawn = [it for u, c in enumerate(w) for _ in range(c) for it in out["items"] if it["image"] == units[u]]
+        assert got == pytest.approx(coco_ap(drawn)["mAP"], abs=1e-9)
+    assert fast[0] == pytest.approx(out["mAP"], abs=1e-12)
 
 
 def test_writer_turns_non_finite_numbers_into_null_and_reader_refuses_unknown_schema(tmp_path):
