@@ -10,13 +10,12 @@ per cell into `--out`, and prints a Markdown table.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from bench import BenchError
 from bench.cell import Cell
-from bench.results import write_json_atomic
+from bench.results import cell_interval, cell_value, metric, write_json_atomic
 from bench.run import parse_bits, run_cell
 
 DEFAULT_CELLS = ("fp", "rtn:8:8", "rtn:4:4")
@@ -28,6 +27,15 @@ def parse_cell(text: str) -> tuple[str, int | None, int | None]:
     parts = text.split(":")
     bits = [parse_bits(b) for b in parts[1:3]] + [None, None]
     return parts[0], bits[0], bits[1]
+
+
+def shown(record: dict, m) -> str:
+    """The value with half the width of its 95% interval, e.g. `84.1 ±1.6`."""
+    row = {"status": record["status"], "metrics": record["metrics"],
+           "intervals": (record.get("intervals") or {}).get("metrics") or {}}
+    value, ci = cell_value(row, m), cell_interval(row, m)
+    text = "-" if value is None else f"{value:.{m.digits}f}"
+    return text + (f" ±{(ci[1] - ci[0]) / 2:.{m.digits}f}" if ci and value is not None else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,11 +59,11 @@ def main(argv: list[str] | None = None) -> int:
                             checkpoints=args.checkpoints, device=args.device)
                 record = run_cell(cell)
                 name = f"{args.model}_{spec.replace(':', '-')}_{task}.json"
-                write_json_atomic(Path(args.out) / name, json.loads(json.dumps(record, default=str)))
+                write_json_atomic(Path(args.out) / name, record)
                 if record["status"] != "ok":
                     print(f"error: {spec} {task} failed: {record['error']}", file=sys.stderr)
                     return 1
-                row.update({k: record["metrics"][k] for k in COLUMNS[task]})
+                row.update({k: shown(record, metric(task, k)) for k in COLUMNS[task]})
             rows.append(row)
             print(f"done: {spec}", file=sys.stderr)
     except BenchError as e:
@@ -65,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| {args.model} | " + " | ".join(keys) + " |")
     print("|---|" + "---:|" * len(keys))
     for row in rows:
-        print(f"| {row['method']} | " + " | ".join(f"{row[k]:.1f}" for k in keys) + " |")
+        print(f"| {row['method']} | " + " | ".join(row[k] for k in keys) + " |")
     print(f"records: {args.out}/", file=sys.stderr)
     return 0
 

@@ -22,7 +22,7 @@ from bench.cell import Cell, ensure_data, resolve
 from bench.method import Method, check_quantizers_active
 from bench.models import build_model, default_device, model_entry
 from bench.record import environment
-from bench.results import write_json_atomic
+from bench.results import intervals, write_json_atomic
 from bench.tasks import TASKS, TaskContext
 
 
@@ -134,8 +134,11 @@ def run_cell(cell: Cell, work_dir: Path | None = None, shared: SharedWork | None
             record["method_info"] = info
             torch.manual_seed(cell.seed)
             t = time.perf_counter()
-            record["metrics"] = TASKS.get(cell.task)(model, TaskContext(cell.model, device, work, cell.task_options()))
+            metrics = TASKS.get(cell.task)(model, TaskContext(cell.model, device, work, cell.task_options()))
             timings["task_s"] = time.perf_counter() - t
+            record["items"] = metrics.pop("items", [])
+            record["intervals"] = intervals(cell.task, record["items"])
+            record["metrics"] = metrics
             record["status"] = "ok"
         except BenchError:
             raise

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -30,15 +29,24 @@ from pathlib import Path
 from typing import Any
 
 from bench import BenchError
-from bench.record import environment, write_json_atomic
+from bench.record import environment
+from bench.results import HEADLINE, bits_label, cell_value, label_with_unit, try_read, write_json_atomic
 from bench.sweepspec import EXECUTORS, Sweep, SweepCell, load
 
 POLL_S = 0.5
 
 
 # -- the worker side (runs in the job) ---------------------------------------------------------
-def run_group(cells: list[SweepCell], results_dir: str, sweep: str, run_id: str) -> list[str]:
-    """Run cells that share a model in one process; write each record as soon as it ends."""
+def run_group(cells: list[SweepCell], results_dir: str, sweep: str, run_id: str, threads: int | None = None
+              ) -> list[str]:
+    """Run cells that share a model in one process; write each record as soon as it ends.
+    `threads`: this job's share of the cores (torch and OpenMP threads), when jobs run side
+    by side: two jobs of default threads on the same cores spin against each other."""
+    if threads:
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)  # for what it starts
+        torch.set_num_threads(threads)
     from bench.run import SharedWork, run_cell
 
     statuses = []
@@ -61,14 +69,11 @@ def failed_record(sc: SweepCell, error: str, log: str) -> dict[str, Any]:
 
 
 def write_record(folder: Path, cell_id: str, record: dict[str, Any]) -> None:
-    write_json_atomic(folder / f"{cell_id}.json", json.loads(json.dumps(record, default=str)))
+    write_json_atomic(folder / f"{cell_id}.json", record)
 
 
 def read_record(folder: Path, cell_id: str) -> dict[str, Any] | None:
-    try:
-        return json.loads((folder / f"{cell_id}.json").read_text())
-    except (OSError, ValueError):
-        return None
+    return try_read(folder / f"{cell_id}.json")
 
 
 # -- the sweep side ----------------------------------------------------------------------------
@@ -141,6 +146,15 @@ def executor_for(sweep: Sweep, kind: str, folder: Path):
     return ex
 
 
+def job_threads(sweep: Sweep, kind: str, max_parallel: int) -> int | None:
+    """Threads per job: local jobs split this machine's cores evenly; a Slurm job uses the
+    cores it asked for (`cpus_per_task`); None leaves torch's default."""
+    if kind == "local":
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(1, cores // max(1, max_parallel))
+    return sweep.executor.slurm.get("cpus_per_task")
+
+
 class Progress:
     """One live line: done / running / failed / skipped and ETA (tqdm), over the cells to run."""
 
@@ -181,17 +195,18 @@ def run_jobs(sweep: Sweep, groups: list[list[SweepCell]], kind: str, folder: Pat
         progress.poll(all_cells, 0)
         return
     ex = executor_for(sweep, kind, folder / ".submitit" / run_id)
+    threads = job_threads(sweep, kind, max_parallel)
     pending, running, started = list(groups), [], {}
     if kind == "slurm":  # one job array; Slurm throttles it (array_parallelism)
         n = len(pending)
-        jobs = ex.map_array(run_group, pending, [str(folder)] * n, [sweep.name] * n, [run_id] * n)
+        jobs = ex.map_array(run_group, pending, [str(folder)] * n, [sweep.name] * n, [run_id] * n, [threads] * n)
         running, pending = list(zip(jobs, pending)), []
         started.update((j.job_id, time.monotonic()) for j in jobs)
     try:
         while pending or running:
             while pending and len(running) < max_parallel:
                 g = pending.pop(0)
-                running.append((ex.submit(run_group, g, str(folder), sweep.name, run_id), g))
+                running.append((ex.submit(run_group, g, str(folder), sweep.name, run_id, threads), g))
                 started[running[-1][0].job_id] = time.monotonic()
             for job, g in [r for r in running if r[0].done()]:
                 running.remove((job, g))
@@ -288,25 +303,21 @@ def _label(lab: dict[str, Any]) -> str:
     return f"{lab['model']} {lab['method']}{variant}{bits} {lab['task']}"
 
 
-HEADLINE = {"vos": "J&F", "instseg": "mIoU", "coco-map": "mAP", "size": "size_bytes"}
-
-
 def results_table(cells: list[SweepCell], folder: Path) -> list[str]:
     """A Markdown glance at the sweep: one row per model x method x variant x bits, the
-    headline metric of each task (size in MB); failed or missing cells are '-'."""
+    headline metric of each task in its unit; failed or missing cells are '-'."""
     tasks = [t for t in HEADLINE if any(sc.cell.task == t for sc in cells)]
     rows: dict[tuple, dict[str, str]] = {}
     for sc in cells:
         c = sc.cell
-        key = (c.model, c.method + (f" ({sc.variant})" if sc.variant else ""),
-               f"W{c.w_bits or 'fp'}A{c.a_bits or 'fp'}")
+        key = (c.model, c.method + (f" ({sc.variant})" if sc.variant else ""), bits_label(c.method, c.w_bits, c.a_bits))
         rec = read_record(folder, sc.cell_id) or {}
-        value = rec.get("metrics", {}).get(HEADLINE.get(c.task, ""))
-        if rec.get("status") == "ok" and isinstance(value, (int, float)):
-            rows.setdefault(key, {})[c.task] = f"{value / 2**20:.2f}" if c.task == "size" else f"{value:.1f}"
-        else:
-            rows.setdefault(key, {})
-    head = [("size (MB)" if t == "size" else f"{t} {HEADLINE[t]}") for t in tasks]
+        m = HEADLINE.get(c.task)
+        value = cell_value({"status": rec.get("status"), "metrics": rec.get("metrics") or {}}, m) if m else None
+        rows.setdefault(key, {})
+        if value is not None:
+            rows[key][c.task] = f"{value:.{m.digits}f}"
+    head = [f"{t} {label_with_unit(HEADLINE[t])}" for t in tasks]
     lines = ["| model | method | bits | " + " | ".join(head) + " |", "|---|---|---|" + "---:|" * len(tasks)]
     lines += ["| " + " | ".join(key) + " | " + " | ".join(vals.get(t, "-") for t in tasks) + " |"
               for key, vals in rows.items()]

@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bench.cell import Cell
 from bench.data import synth
-from bench.run import Cell, run_cell
+from bench.results import aggregate, metric
+from bench.run import run_cell
 from tests.conftest import synth_set
 
 SMALL = replace(synth.SynthConfig(), frames=8, clips_train=2, clips_val=2, images_train=4, images_val=3)
@@ -22,6 +24,20 @@ SMALL = replace(synth.SynthConfig(), frames=8, clips_train=2, clips_val=2, image
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return synth_set(tmp_path_factory, SMALL)
+
+
+def assert_items_make_the_metrics(rec: dict) -> None:
+    """The record's headline metrics are the aggregate of its `items`; each metric is declared
+    in the results schema; the intervals hold the value."""
+    m = rec["metrics"]
+    for key, value in aggregate(rec["task"], rec["items"]).items():
+        assert value == pytest.approx(m[key], abs=1e-9) if value is not None else m[key] is None, key
+    numbers = [k for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    assert all(metric(rec["task"], k) is not None for k in numbers), numbers
+    ci = rec["intervals"]
+    assert ci["n_items"] == len(rec["items"]) and ci["level"] == 0.95
+    for key, (lo, hi) in ci["metrics"].items():
+        assert lo <= m[key] + 1e-9 and m[key] <= hi + 1e-9, key
 
 
 def cell(data, task: str, **kw) -> Cell:
@@ -37,7 +53,8 @@ def test_vos_task_writes_predictions_and_scores_them(data, tmp_path):
     assert m["frames"] == 2 * 8 and m["sequences"] == 2 and m["fps"] > 0
     n_objects = sum(int(np.asarray(Image.open(p)).max())
                     for p in sorted((data / "davis/Annotations/480p").glob("val*/00000.png")))
-    assert len(m["per_object"]) == n_objects
+    assert len(rec["items"]) == n_objects and "per_object" not in m
+    assert_items_make_the_metrics(rec)
     pngs = sorted((tmp_path / "vos_predictions").rglob("*.png"))
     assert len(pngs) == 16
     with Image.open(pngs[0]) as im:
@@ -70,11 +87,14 @@ def test_instseg_and_coco_map(data, tmp_path):
     m = rec["metrics"]
     doc = json.loads((data / "coco/annotations/instances_val.json").read_text())
     assert m["n"] == len(doc["annotations"]) and 0 <= m["mIoU"] <= 100 and m["multimask"] is False
+    assert len(rec["items"]) == m["n"] and {it["area"] for it in rec["items"]} <= {"small", "medium", "large"}
+    assert_items_make_the_metrics(rec)
     rec = run_cell(cell(data, "coco-map"), work_dir=tmp_path)
     assert rec["status"] == "ok", rec.get("traceback")
     m = rec["metrics"]
     assert {"mAP", "AP50", "AP75", "APs", "APm", "APl"} <= m.keys() and 0 <= m["mAP"] <= 100
     assert m["detections"] == len(json.loads((data / "coco/detections_val.json").read_text()))
+    assert_items_make_the_metrics(rec)
 
 
 def test_missing_dataset_is_a_one_line_error(tmp_path):
