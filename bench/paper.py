@@ -41,7 +41,7 @@ FULL_PRECISION = 32
 # (our method, canonical variant) -> the papers' name of that configuration
 PAPER_NAMES = {
     ("fp", ""): "fp",
-    ("rtn", "preset=ptq4sam"): "minmax",  # min/max ranges with the protocol's full-precision list
+    ("rtn", ""): "minmax",  # min/max ranges (the scope, e.g. the protocol's full-precision list, is not a variant)
     ("ptq4sam", "S"): "ptq4sam-s",
     ("ptq4sam", "L"): "ptq4sam-l",
     ("ptq4sam", "L-noBIG-noAGQ"): "qdrop",  # QDrop block reconstruction without PTQ4SAM's additions

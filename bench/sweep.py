@@ -110,14 +110,16 @@ def groups_of(cells: list[SweepCell], parts: int = 1) -> list[list[SweepCell]]:
     return groups
 
 
+ONLY_KEYS = ("model", "method", "variant", "tag", "w_bits", "a_bits", "task", "seed")
+
+
 def parse_only(text: str) -> list[tuple[str, str]]:
     pairs = []
     for part in text.split(","):
         key, sep, value = part.partition("=")
-        if not sep or key not in ("model", "method", "variant", "w_bits", "a_bits", "task"):
+        if not sep or key not in ONLY_KEYS:
             raise argparse.ArgumentTypeError(
-                f"--only: expected KEY=VALUE[,KEY=VALUE] with KEY in model, method, variant, w_bits, a_bits, "
-                f"task; got {part!r}")
+                f"--only: expected KEY=VALUE[,KEY=VALUE] with KEY in {', '.join(ONLY_KEYS)}; got {part!r}")
         pairs.append((key, value))
     return pairs
 
@@ -300,7 +302,8 @@ def print_plan(sweep: Sweep, todo: list[SweepCell], skipped: list, out: Callable
 def _label(lab: dict[str, Any]) -> str:
     bits = "" if lab["method"] == "fp" else f" W{lab['w_bits'] or 'fp'}A{lab['a_bits'] or 'fp'}"
     variant = f" [{lab['variant']}]" if lab["variant"] else ""
-    return f"{lab['model']} {lab['method']}{variant}{bits} {lab['task']}"
+    seed = f" seed {lab['seed']}" if lab.get("seed") else ""
+    return f"{lab['model']} {lab['method']}{variant}{bits} {lab['task']}{seed}"
 
 
 def results_table(cells: list[SweepCell], folder: Path) -> list[str]:

@@ -13,6 +13,7 @@ label on top (e.g. the budget of a dev-set row).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import re
 import types
@@ -31,7 +32,7 @@ from bench.tasks import DATA_FREE_TASKS, TASKS
 
 EXECUTORS = ("debug", "local", "slurm")
 TOP_KEYS = ("name", "models", "methods", "bits", "tasks", "data", "calibration", "training",
-            "checkpoints", "device", "seed", "executor")
+            "checkpoints", "device", "seed", "seeds", "executor")
 METHOD_KEYS = ("name", "tag", "options", "bits")
 DATA_KEYS = ("davis_root", "coco_root", "split", "sequences", "max_frames", "max_images", "detections",
              "multimask")
@@ -54,7 +55,7 @@ class SweepCell:
     def labels(self) -> dict[str, Any]:
         c = self.cell
         return {"model": c.model, "method": c.method, "variant": self.variant, "tag": c.tag, "w_bits": c.w_bits,
-                "a_bits": c.a_bits, "task": c.task}
+                "a_bits": c.a_bits, "task": c.task, "seed": c.seed}
 
 
 @dataclass
@@ -178,6 +179,7 @@ def load(path: str | Path) -> Sweep:
     tasks = ck.str_list(doc["tasks"], "tasks", TASKS.names())
     grid_bits = ck.bits(doc["bits"], "bits") if "bits" in doc else None
     base = _base_cell_fields(doc, ck)
+    seeds = _seeds(doc, ck, base.pop("seed", 0))
     entries = _method_entries(doc["methods"], ck)
     training = _training(doc.get("training"), entries, ck)
     cells, skipped, seen = [], [], set()
@@ -197,18 +199,34 @@ def load(path: str | Path) -> Sweep:
                     raise _option_error(ck, key, str(e), set(training) - set(entry["options"])) from None
                 skipped.append(f"{entry['name']} W{w or 'fp'}A{a or 'fp'}: {e}")
                 continue
-            for model in models:
-                for task in tasks:
-                    cell = resolve(Cell(model=model, method=entry["name"], task=task, w_bits=w, a_bits=a,
-                                        method_options=options, tag=entry["tag"], **base), method.needs_data())
-                    cid = cell_id(cell)
-                    if cid in seen:
-                        skipped.append(f"{model} {entry['name']} {task}: same cell as an earlier entry")
-                        continue
-                    seen.add(cid)
-                    cells.append(SweepCell(cell, cid, method.variant))
+            for model, seed, task in itertools.product(models, seeds, tasks):
+                cell = resolve(Cell(model=model, method=entry["name"], task=task, w_bits=w, a_bits=a,
+                                    method_options=options, tag=entry["tag"], seed=seed, **base),
+                               method.needs_data())
+                cid = cell_id(cell)
+                if cid in seen:
+                    skipped.append(f"{model} {entry['name']} {task}: same cell as an earlier entry")
+                    continue
+                seen.add(cid)
+                cells.append(SweepCell(cell, cid, method.variant))
     _check_paths(doc, base, models, tasks, ck)
     return Sweep(name, path, cells, _executor(doc.get("executor"), ck), skipped, ck.warnings)
+
+
+def _seeds(doc: dict, ck: _Checker, seed: int) -> list[int]:
+    """`seeds: [0, 1, 2]`: every cell once per seed (replicates that the report folds into one
+    row with their spread); else the one `seed` (default 0)."""
+    if "seeds" not in doc:
+        return [seed]
+    if "seed" in doc:
+        raise ck.fail("seeds", "give either seed or seeds, not both")
+    value = doc["seeds"]
+    if not isinstance(value, list) or not value:
+        raise ck.fail("seeds", f"expected a non-empty list of integers >= 0, got {value!r}")
+    seeds = [ck.integer(v, f"seeds[{i}]") for i, v in enumerate(value)]
+    if len(set(seeds)) != len(seeds):
+        raise ck.fail("seeds", f"a seed is listed twice: {seeds}")
+    return seeds
 
 
 def _fields(cls) -> set[str]:

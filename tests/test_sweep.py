@@ -70,6 +70,10 @@ MALFORMED = [
     (VALID.replace("[fp, rtn]", "[lsq, ptq4sam]") + "training: {iters: 10, steps: true}\n",
      "training.steps: expected int, got True"),
     ("models: [micro]\nmethods: [rtn]\ntasks: [instseg]\n", "methods[0].bits: no bits"),
+    (VALID + "seed: 1\nseeds: [0, 1]\n", "seeds: give either seed or seeds, not both"),
+    (VALID + "seeds: []\n", "seeds: expected a non-empty list of integers >= 0"),
+    (VALID + "seeds: [0, -1]\n", "seeds[1]: expected an integer >= 0, got -1"),
+    (VALID + "seeds: [2, 2]\n", "seeds: a seed is listed twice"),
 ]
 
 
@@ -81,6 +85,18 @@ def test_malformed_sweep_files_are_one_line_errors(tmp_path, text, expected):
         load(path)
     msg = str(e.value)
     assert msg.startswith(f"{path}: ") and expected in msg and "\n" not in msg
+
+
+def test_seeds_replicate_every_cell(tmp_path):
+    path = tmp_path / "seeds.yaml"
+    path.write_text(VALID)
+    one = load(path)
+    path.write_text(VALID + "seeds: [0, 1, 2]\n")
+    three = load(path)
+    assert len(three.cells) == 3 * len(one.cells)
+    assert sorted({sc.cell.seed for sc in three.cells}) == [0, 1, 2]
+    assert len({sc.cell_id for sc in three.cells}) == len(three.cells)  # each replicate its own record
+    assert {sc.cell_id for sc in one.cells} == {sc.cell_id for sc in three.cells if sc.cell.seed == 0}
 
 
 def test_cli_rejects_a_bad_file_with_exit_2_and_writes_nothing(tmp_path, capsys):
