@@ -30,7 +30,15 @@ from typing import Any
 
 from bench import BenchError
 from bench.record import environment
-from bench.results import HEADLINE, bits_label, cell_value, label_with_unit, try_read, write_json_atomic
+from bench.results import (
+    HEADLINE,
+    bits_label,
+    cell_value,
+    label_with_unit,
+    try_read,
+    variant_label,
+    write_json_atomic,
+)
 from bench.sweepspec import EXECUTORS, Sweep, SweepCell, load
 
 POLL_S = 0.5
@@ -301,7 +309,8 @@ def print_plan(sweep: Sweep, todo: list[SweepCell], skipped: list, out: Callable
 
 def _label(lab: dict[str, Any]) -> str:
     bits = "" if lab["method"] == "fp" else f" W{lab['w_bits'] or 'fp'}A{lab['a_bits'] or 'fp'}"
-    variant = f" [{lab['variant']}]" if lab["variant"] else ""
+    variant = " ".join(filter(None, [lab["variant"], f"tag {lab['tag']}" if lab.get("tag") else ""]))
+    variant = f" [{variant}]" if variant else ""
     seed = f" seed {lab['seed']}" if lab.get("seed") else ""
     return f"{lab['model']} {lab['method']}{variant}{bits} {lab['task']}{seed}"
 
@@ -313,7 +322,8 @@ def results_table(cells: list[SweepCell], folder: Path) -> list[str]:
     rows: dict[tuple, dict[str, str]] = {}
     for sc in cells:
         c = sc.cell
-        key = (c.model, c.method + (f" ({sc.variant})" if sc.variant else ""), bits_label(c.method, c.w_bits, c.a_bits))
+        label = variant_label({"variant": sc.variant, "tag": c.tag})
+        key = (c.model, c.method + (f" ({label})" if label else ""), bits_label(c.method, c.w_bits, c.a_bits))
         rec = read_record(folder, sc.cell_id) or {}
         m = HEADLINE.get(c.task)
         value = cell_value({"status": rec.get("status"), "metrics": rec.get("metrics") or {}}, m) if m else None

@@ -208,7 +208,9 @@ def test_perfect_empty_and_missing_ranges(ds):
     perfect = [{"image_id": a["image_id"], "category_id": a["category_id"], "score": 1.0,
                 "segmentation": encode_rle(ds.gt_mask(a))} for a in ds.coco.dataset["annotations"] if not a["iscrowd"]]
     assert all(coco_segm_map(ds.coco, perfect)[k] == pytest.approx(100.0, abs=1e-9) for k in KEYS)
-    assert coco_segm_map(ds.coco, []) == {**dict.fromkeys(KEYS, 0.0), "maxDets": [1, 10, 100]}
+    empty = coco_segm_map(ds.coco, [])
+    assert {k: v for k, v in empty.items() if k != "items"} == {**dict.fromkeys(KEYS, 0.0), "maxDets": [1, 10, 100]}
+    assert all(it["dets"] == [] for it in empty["items"]) and sum(it["gt"] for it in empty["items"]) > 0
     assert coco_segm_map(ds.coco, [], image_ids=[2])["APm"] is None  # no medium GT in image 2
 
 
