@@ -182,7 +182,7 @@ def load(path: str | Path) -> Sweep:
     seeds = _seeds(doc, ck, base.pop("seed", 0))
     entries = _method_entries(doc["methods"], ck)
     training = _training(doc.get("training"), entries, ck)
-    cells, skipped, seen = [], [], set()
+    cells, skipped, seen, labels = [], [], set(), {}
     for i, entry in enumerate(entries):
         key = f"methods[{i}]"
         options = {**{k: v for k, v in training.items() if k in _fields(entry["cls"])}, **entry["options"]}
@@ -208,6 +208,12 @@ def load(path: str | Path) -> Sweep:
                     skipped.append(f"{model} {entry['name']} {task}: same cell as an earlier entry")
                     continue
                 seen.add(cid)
+                label = (model, entry["name"], method.variant, entry["tag"], w, a, task, seed)
+                if label in labels:  # reports tell cells apart by their labels only
+                    raise ck.fail(key, f"same method, variant and bits as {labels[label]} "
+                                       f"({method.variant or 'default'}), other options (e.g. the scope): "
+                                       "give one of them a `tag:`")
+                labels[label] = key
                 cells.append(SweepCell(cell, cid, method.variant))
     _check_paths(doc, base, models, tasks, ck)
     return Sweep(name, path, cells, _executor(doc.get("executor"), ck), skipped, ck.warnings)

@@ -74,6 +74,8 @@ MALFORMED = [
     (VALID + "seeds: []\n", "seeds: expected a non-empty list of integers >= 0"),
     (VALID + "seeds: [0, -1]\n", "seeds[1]: expected an integer >= 0, got -1"),
     (VALID + "seeds: [2, 2]\n", "seeds: a seed is listed twice"),
+    (VALID.replace("[fp, rtn]", "[rtn, {name: rtn, options: {components: [mask_decoder]}}]"),
+     "methods[1]: same method, variant and bits as methods[0] (default), other options (e.g. the scope): give"),
 ]
 
 
