@@ -216,3 +216,20 @@ def test_every_published_row_is_matched_by_records_the_harness_makes(tmp_path):
     assert len(found) == len(paper)
     tagged = pd.DataFrame([{**rows[0], "tag": "i8"}], dtype=object)
     assert match(tagged, paper).empty  # a budget study is not the paper's cell
+
+
+# the options under which each method's canonical variant is the one PAPER_NAMES translates
+PAPER_OPTIONS = {("fp", ""): {}, ("rtn", ""): {"scope_preset": "ptq4sam"}, ("ptq4sam", "S"): {},
+                 ("ptq4sam", "L"): {"recon": True}, ("ptq4sam", "L-noBIG-noAGQ"): {"recon": True, "big": False,
+                                                                                  "agq": False},
+                 ("saqsam", "PCC+PAR"): {}, ("saqsam", "PCC"): {"recon": False, "par": False},
+                 ("saqsam", "PAR"): {"pcc": False}}
+
+
+def test_paper_names_are_variants_the_methods_give():
+    from bench.method import Method
+
+    assert set(PAPER_OPTIONS) == set(PAPER_NAMES)
+    for (name, variant), options in PAPER_OPTIONS.items():
+        bits = (None, None) if name == "fp" else (4, 4)
+        assert Method.from_options(name, *bits, options).variant == variant, (name, options)
