@@ -60,16 +60,17 @@ class CalibData:
 
 
     @classmethod
-    def from_datasets(cls, davis_root: str | None, coco_root: str | None, n: int, work_dir: Path) -> CalibData:
+    def from_datasets(cls, davis_root: str | None, coco_root: str | None, n: int, work_dir: Path,
+                      vos_format: str = "davis") -> CalibData:
         """`n` images (with their GT boxes and masks) from the COCO train split and `n` frames
-        from the first sequences of the DAVIS train split (whole clips from frame 0 with their
-        frame-0 masks and, where every frame is annotated, all frames' label maps, the last clip
-        cut to make `n`); deterministic, sorted by id / name."""
+        from the first sequences of the video set's train split, read in its format (whole
+        clips from frame 0 with their frame-0 masks and, where every frame is annotated, all
+        frames' label maps, the last clip cut to make `n`); deterministic, sorted by id / name."""
         calib = cls()
         if coco_root is not None:
             calib.images = coco_images(coco_root, n)
         if davis_root is not None:
-            calib.clips = davis_clips(davis_root, n, Path(work_dir) / "calib_frames")
+            calib.clips = video_clips(davis_root, n, Path(work_dir) / "calib_frames", vos_format)
         return calib
 
 
@@ -90,19 +91,17 @@ def coco_images(root: str, n: int, max_boxes: int = 16) -> list[CalibImage]:
     return images
 
 
-def davis_clips(root: str, n: int, links: Path) -> list[CalibClip]:
-    from bench.data.davis import DavisSet
+def video_clips(root: str, n: int, links: Path, vos_format: str = "davis") -> list[CalibClip]:
+    from bench.data.vos import open_video_set
 
-    ds = DavisSet(root, split="train")
+    ds = open_video_set(root, vos_format, split="train")
     clips, left = [], n
     for seq in ds.sequences:
         names = ds.frames(seq)[:left]
         if len(names) < 2:
             break
         folder = ds.link_frames(seq, links / seq, names)
-        annotated = set(ds.annotated_frames(seq))
-        labels = [ds.read_mask(seq, f) for f in names] if annotated.issuperset(names) else None
-        clips.append(CalibClip(folder, ds.first_masks(seq), labels))
+        clips.append(CalibClip(folder, ds.first_masks(seq), ds.label_maps(seq, names)))
         left -= len(names)
         if left <= 0:
             break

@@ -18,7 +18,8 @@ import torch
 
 from bench import BenchError
 from bench.calib import CalibData
-from bench.cell import Cell, ensure_data, resolve
+from bench.cell import Cell, dataset_label, ensure_data, resolve
+from bench.data.vos import VOS_FORMATS, check_format
 from bench.method import Method, check_quantizers_active
 from bench.models import build_model, default_device, model_entry
 from bench.record import environment
@@ -30,6 +31,10 @@ def validate(cell: Cell) -> Method:
     """Check the cell's model, task, method and options; returns the method instance."""
     model_entry(cell.model)
     TASKS.target(cell.task)
+    check_format(cell.vos_format)
+    if cell.track_later and cell.vos_format == "davis":
+        raise BenchError("--track-later-objects needs a set in the sav or mose format: the DAVIS 2017 evaluator "
+                         "scores only the objects of the first frame")
     return Method.from_options(cell.method, cell.w_bits, cell.a_bits, cell.method_options)
 
 
@@ -38,7 +43,7 @@ def load_calibration(cell: Cell, work_dir: Path) -> CalibData:
     of the cell's datasets (the same for every method of the cell)."""
     if cell.calib_dir is not None:
         return CalibData.from_image_dir(cell.calib_dir, cell.calib_n)
-    return CalibData.from_datasets(cell.davis_root, cell.coco_root, cell.calib_n, work_dir)
+    return CalibData.from_datasets(cell.davis_root, cell.coco_root, cell.calib_n, work_dir, cell.vos_format)
 
 
 class SharedWork:
@@ -57,7 +62,7 @@ class SharedWork:
         raised by `apply` is raised again for the next cells of the same configuration."""
         key = (cell.model, cell.checkpoints, cell.random_init, device, cell.seed, cell.method,
                json.dumps(method.config.to_dict(), sort_keys=True, default=str),
-               cell.davis_root, cell.coco_root, cell.calib_dir, cell.calib_n)
+               cell.davis_root, cell.vos_format, cell.coco_root, cell.calib_dir, cell.calib_n)
         reused = self._applied is not None and self._applied[0] == key
         if not reused:
             self._applied = None  # free the previous model first
@@ -83,7 +88,7 @@ class SharedWork:
         return copy.deepcopy(self._models[key])
 
     def calibration(self, cell: Cell) -> CalibData:
-        key = (cell.davis_root, cell.coco_root, cell.calib_dir, cell.calib_n)
+        key = (cell.davis_root, cell.vos_format, cell.coco_root, cell.calib_dir, cell.calib_n)
         if key not in self._calib:
             folder = self.work_dir / f"calib{len(self._calib)}"
             folder.mkdir(parents=True, exist_ok=True)
@@ -108,7 +113,8 @@ def run_cell(cell: Cell, work_dir: Path | None = None, shared: SharedWork | None
     device = cell.device or default_device()
     record: dict[str, Any] = {
         "model": cell.model, "method": cell.method, "variant": method.variant, "tag": cell.tag,
-        "task": cell.task, "w_bits": cell.w_bits, "a_bits": cell.a_bits, "status": "running",
+        "task": cell.task, "w_bits": cell.w_bits, "a_bits": cell.a_bits, "dataset": dataset_label(cell),
+        "status": "running",
         "config": {"cell": cell.__dict__, "method": method.config.to_dict()},
         "metrics": {}, "timings": {}, **environment(device),
     }
@@ -182,8 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoints", help="folder with official checkpoints (default: $BENCH_CHECKPOINTS)")
     p.add_argument("--random-init", action="store_true", help="build without loading weights")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when present, else cpu)")
-    p.add_argument("--davis-root", help="DAVIS-2017-layout folder (also MOSE/SA-V in that layout; "
-                   "default $BENCH_DAVIS, else the synthetic set)")
+    p.add_argument("--davis-root", help="vos: the video set's folder, in the layout --vos-format names (default "
+                   "$BENCH_DAVIS, $BENCH_SAV or $BENCH_MOSE by format, else the synthetic set)")
+    p.add_argument("--vos-format", default="davis", choices=VOS_FORMATS,
+                   help="vos: davis (DAVIS 2017 layout and evaluator, the default), sav (SA-V layout, per-object "
+                        "PNGs, SA-V evaluator) or mose (MOSE layout, SA-V evaluator's rules)")
+    p.add_argument("--track-later-objects", action="store_true",
+                   help="vos (sav, mose): add each object on the first frame it appears in and track it alone "
+                        "from there (vos_inference.py --track_object_appearing_later_in_video)")
     p.add_argument("--coco-root", help="COCO-layout folder (default $BENCH_COCO, else the synthetic set)")
     p.add_argument("--split", default="val", help="evaluation split (default val; calibration uses train)")
     p.add_argument("--sequences", type=lambda s: tuple(x for x in s.split(",") if x),
@@ -208,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         device=args.device, davis_root=args.davis_root, coco_root=args.coco_root, split=args.split,
         sequences=args.sequences, max_frames=args.max_frames, max_images=args.max_images,
         detections=args.detections, multimask=args.multimask, calib_dir=args.calib_dir, calib_n=args.calib_n,
-        seed=args.seed,
+        seed=args.seed, vos_format=args.vos_format, track_later=args.track_later_objects,
     )
     try:
         record = run_cell(cell)

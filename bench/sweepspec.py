@@ -26,6 +26,7 @@ import yaml
 
 from bench import BenchError
 from bench.cell import Cell, cell_id, resolve
+from bench.data.vos import VOS_FORMATS
 from bench.method import METHODS, Method
 from bench.models import MODELS, checkpoint_path
 from bench.tasks import DATA_FREE_TASKS, TASKS
@@ -35,7 +36,7 @@ TOP_KEYS = ("name", "models", "methods", "bits", "tasks", "data", "calibration",
             "checkpoints", "device", "seed", "seeds", "executor")
 METHOD_KEYS = ("name", "tag", "options", "bits")
 DATA_KEYS = ("davis_root", "coco_root", "split", "sequences", "max_frames", "max_images", "detections",
-             "multimask")
+             "multimask", "vos_format", "track_later")
 CALIB_KEYS = ("n", "dir")
 EXECUTOR_KEYS = ("kind", "max_parallel", "timeout_min", "slurm")
 SLURM_KEYS = ("partition", "time_min", "gpus_per_node", "cpus_per_task", "mem_gb", "array_parallelism",
@@ -330,10 +331,17 @@ def _base_cell_fields(doc: dict, ck: _Checker) -> dict[str, Any]:
     for k in ("max_frames", "max_images"):
         if data.get(k) is not None:
             out[k] = ck.integer(data[k], f"data.{k}", 1)
-    if "multimask" in data:
-        if not isinstance(data["multimask"], bool):
-            raise ck.fail("data.multimask", f"expected true or false, got {data['multimask']!r}")
-        out["multimask"] = data["multimask"]
+    for k in ("multimask", "track_later"):
+        if k in data:
+            if not isinstance(data[k], bool):
+                raise ck.fail(f"data.{k}", f"expected true or false, got {data[k]!r}")
+            out[k] = data[k]
+    if "vos_format" in data:
+        out["vos_format"] = ck.text(data["vos_format"], "data.vos_format")
+        if out["vos_format"] not in VOS_FORMATS:
+            raise ck.fail("data.vos_format", f"unknown {out['vos_format']!r}; allowed: {', '.join(VOS_FORMATS)}")
+    if out.get("track_later") and out.get("vos_format", "davis") == "davis":
+        raise ck.fail("data.track_later", "needs vos_format sav or mose (DAVIS 2017 scores frame-0 objects only)")
     if "n" in calib:
         out["calib_n"] = ck.integer(calib["n"], "calibration.n", 1)
     if doc.get("device") is not None:

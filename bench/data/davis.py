@@ -1,4 +1,4 @@
-"""DAVIS-2017-layout video sets (also MOSE / SA-V once arranged in the same folders).
+"""DAVIS-2017-layout video sets (SA-V and MOSE have their own readers: `bench.data.sav`, `bench.data.mose`).
 
     ROOT/JPEGImages/480p/<seq>/<frame>.jpg
     ROOT/Annotations/480p/<seq>/<frame>.png     palette PNG: pixel = object id, 0 background, 255 void
@@ -10,7 +10,6 @@ sparse (SA-V annotates every 4th frame) as long as the first frame has one.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from bench import BenchError
+from bench.data.video import VideoSet, image_size, one_line
 
 VOID_LABEL = 255
 LABEL_MODES = ("P", "L", "1")
@@ -37,10 +37,6 @@ def _voc_palette() -> tuple[int, ...]:
 
 
 DAVIS_PALETTE: tuple[int, ...] = _voc_palette()
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
 
 
 def write_palette_png(path: str | Path, labels: np.ndarray) -> None:
@@ -65,40 +61,22 @@ def read_label_png(path: str | Path) -> np.ndarray:
             mode = im.mode
             labels = np.array(im) if mode in LABEL_MODES else None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise BenchError(f"cannot read label PNG {path}: {_one_line(e)}") from None
+        raise BenchError(f"cannot read label PNG {path}: {one_line(e)}") from None
     if labels is None:
         raise BenchError(f"{path}: expected a palette or 8-bit single-channel PNG, got mode {mode}")
     return labels.astype(np.uint8)
 
 
-def image_size(path: Path) -> tuple[int, int]:
-    """(height, width) from the header only: cheap enough to check every frame."""
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise BenchError(f"cannot read image {path}: {_one_line(e)}") from None
-    return h, w
+class DavisSet(VideoSet):
+    """Sequences of one split of a DAVIS-2017-layout set."""
 
-
-class DavisSet:
-    """Sequences of one split; validated up front so a long run does not fail halfway."""
+    layout = "davis"
+    kind = "DAVIS"
 
     def __init__(self, root: str | Path, split: str = "val", sequences: Sequence[str] | None = None,
                  max_frames: int | None = None):
-        self.root = Path(root)
-        self.split = split
-        self.max_frames = max_frames
-        if max_frames is not None and max_frames < 1:
-            raise BenchError(f"max_frames must be >= 1, got {max_frames}")
-        if not self.root.is_dir():
-            raise BenchError(f"DAVIS root not found: {self.root}")
-        self.sequences = self._select(self._read_split(), sequences)
-        self._frames: dict[str, list[str]] = {}
         self._object_ids: dict[str, list[int]] = {}
-        for seq in self.sequences:
-            self._frames[seq] = self._list_frames(seq)
-            self._check_first_annotation(seq)
+        super().__init__(root, split, sequences, max_frames)
 
     # -- layout ----------------------------------------------------------------------------
     @property
@@ -111,62 +89,17 @@ class DavisSet:
     def mask_dir(self, seq: str) -> Path:
         return self.root / "Annotations" / "480p" / seq
 
-    def image_path(self, seq: str, frame: str) -> Path:
-        return self.image_dir(seq) / f"{frame}.jpg"
-
     def mask_path(self, seq: str, frame: str) -> Path:
         return self.mask_dir(seq) / f"{frame}.png"
 
-    # -- validation --------------------------------------------------------------------------
-    def _read_split(self) -> list[str]:
-        if not self.split_file.is_file():
-            raise BenchError(f"split file not found: {self.split_file}")
-        names = [line.strip() for line in self.split_file.read_text().splitlines()]
-        names = list(dict.fromkeys(n for n in names if n))
-        if not names:
-            raise BenchError(f"split file lists no sequences: {self.split_file}")
-        return names
-
-    def _select(self, listed: list[str], requested: Sequence[str] | None) -> list[str]:
-        if requested is None:
-            return listed
-        requested = list(dict.fromkeys(requested))
-        missing = [s for s in requested if s not in set(listed)]
-        if missing:
-            raise BenchError(f"sequence {missing[0]!r} is not in the split file {self.split_file}")
-        if not requested:
-            raise BenchError("an empty list of sequences was requested")
-        return requested
-
-    def _list_frames(self, seq: str) -> list[str]:
-        folder = self.image_dir(seq)
-        if not folder.is_dir():
-            raise BenchError(f"sequence folder not found: {folder} (listed in {self.split_file})")
-        frames = sorted(p.stem for p in folder.glob("*.jpg"))
-        if all(f.isdigit() for f in frames):  # sam2's order: by number ("2" before "10")
-            frames.sort(key=int)
-        if not frames:
-            raise BenchError(f"sequence folder has no .jpg frames: {folder}")
-        return frames[: self.max_frames]
-
-    def _check_first_annotation(self, seq: str) -> None:
+    def _check_sequence(self, seq: str) -> None:
+        """The first frame has an annotation, of the frame's size."""
         first = self._frames[seq][0]
         if not self.mask_path(seq, first).is_file():
             raise BenchError(f"annotation of the first frame not found: {self.mask_path(seq, first)}")
-        self._check_size(seq, first, image_size(self.mask_path(seq, first)))
-
-    def _check_size(self, seq: str, frame: str, mask_hw: tuple[int, int]) -> None:
-        img_hw = image_size(self.image_path(seq, frame))
-        if mask_hw != img_hw:
-            raise BenchError(f"annotation {self.mask_path(seq, frame)} is {mask_hw[1]}x{mask_hw[0]} but its image "
-                             f"{self.image_path(seq, frame)} is {img_hw[1]}x{img_hw[0]}")
+        self.check_size(seq, first, self.mask_path(seq, first), image_size(self.mask_path(seq, first)))
 
     # -- access ------------------------------------------------------------------------------
-    def frames(self, seq: str) -> list[str]:
-        """Frame names (.jpg stems, in sam2's order: by number when all are numbers), the first
-        `max_frames` of them."""
-        return list(self._frames[seq])
-
     def annotated_frames(self, seq: str) -> list[str]:
         """The frames that have a ground-truth PNG: all of them on DAVIS, a subset on SA-V."""
         return [f for f in self._frames[seq] if self.mask_path(seq, f).is_file()]
@@ -177,24 +110,12 @@ class DavisSet:
         if not path.is_file():
             raise BenchError(f"annotation not found: {path}")
         labels = read_label_png(path)
-        self._check_size(seq, frame, labels.shape)
+        self.check_size(seq, frame, path, labels.shape)
         return labels
 
-    def link_frames(self, seq: str, folder: Path, frames: Sequence[str] | None = None) -> Path:
-        """A folder of links to the sequence's selected frames (default: `frames(seq)`), named
-        as the originals: sam2's `init_state` reads every JPEG of the folder it is given, so
-        links to other frames (a folder reused with another selection) are removed."""
-        folder.mkdir(parents=True, exist_ok=True)
-        names = self.frames(seq) if frames is None else list(frames)
-        keep = {f"{name}.jpg" for name in names}
-        for old in folder.glob("*.jpg"):
-            if old.name not in keep:
-                old.unlink()
-        for name in names:
-            link = folder / f"{name}.jpg"
-            if not link.exists():
-                os.symlink(self.image_path(seq, name).resolve(), link)
-        return folder
+    def label_maps(self, seq: str, frames: Sequence[str]) -> list[np.ndarray] | None:
+        annotated = set(self.annotated_frames(seq))
+        return [self.read_mask(seq, f) for f in frames] if annotated.issuperset(frames) else None
 
     def first_masks(self, seq: str) -> dict[int, np.ndarray]:
         """The objects of `object_ids` present in the first frame, with their masks there: the
@@ -202,6 +123,14 @@ class DavisSet:
         first = self.read_mask(seq, self._frames[seq][0])
         masks = {i: first == i for i in self.object_ids(seq)}
         return {i: m for i, m in masks.items() if m.any()}
+
+    def prompts(self, seq: str, later: bool = False) -> dict[int, tuple[int, np.ndarray]]:
+        """`first_masks` on frame 0: the DAVIS 2017 evaluator scores only the objects of the
+        first frame, so objects that appear later are neither tracked nor scored."""
+        if later:
+            raise BenchError("the DAVIS 2017 layout scores only the objects of the first frame; for objects "
+                             "that appear later use a set in the MOSE or SA-V layout (--vos-format mose|sav)")
+        return {i: (0, m) for i, m in self.first_masks(seq).items()}
 
     def object_ids(self, seq: str) -> list[int]:
         """1..N, N = the largest id in the first ground-truth frame (void counts as 0): the DAVIS

@@ -8,13 +8,21 @@ writes
   OUT/coco/   images/<split>/<id>.jpg, annotations/instances_{train,val}.json (RLE masks),
               detections_val.json (noisy boxes with scores, as a detector gives)
               -- the COCO layout;
+  OUT/sav/    JPEGImages_24fps/<seq>/00000.jpg, Annotations_6fps/<seq>/000/00000.png (one binary
+              PNG per object, every 4th frame), sav_{train,val}.txt  -- the SA-V layout, the
+              same clips as davis/ at 4x the frame rate: frame 4t is davis/ frame t, pixel for
+              pixel, and the frames between show the motion at t + 1/4, t + 1/2, t + 3/4;
+  OUT/mose/   {train,valid}/JPEGImages/<seq>/00000.jpg, {train,valid}/Annotations/<seq>/00000.png
+              -- the MOSE layout, the davis/ clips plus one object that first appears on a
+              later frame (between a quarter and half of the clip), every frame annotated;
   OUT/synth.json  the generator version and settings (the data version of a trained model).
 
 Scenes: a smooth textured background and several objects (ellipses, boxes, triangles, stars),
 each with its own colours and pattern (stripes, checks, dots, rings) drawn in the object's own
 coordinates, so appearance moves, scales and rotates with it. In the clips objects move,
-scale, occlude one another by depth order, and some leave the frame and come back. Every
-object is visible in the first frame (DAVIS counts objects from frame 0).
+scale, occlude one another by depth order, and some leave the frame and come back (their
+SA-V masks are then empty on some annotated frames). Every object of davis/ and sav/ is visible
+in the first frame (DAVIS counts objects from frame 0); mose/ adds the later ones.
 
 Splits draw from disjoint seed streams, so training on the train stream never sees val.
 """
@@ -38,6 +46,11 @@ VERSION = 1
 SHAPES = ("ellipse", "box", "triangle", "star")
 PATTERNS = ("stripes", "checks", "dots", "rings")
 SPLIT_STREAMS = {"train": 1, "val": 2}
+SAV_STEP = 4  # SA-V: frames at 24 fps, annotations at 6 fps
+SAV_STREAM, LATE_STREAM = 24, 7  # seed streams of the SA-V in-between frames and the late objects
+MOSE_SPLITS = {"train": "train", "val": "valid"}  # MOSE's split folders
+VIDEO_DIRS = {"davis": "davis", "sav": "sav", "mose": "mose"}  # vos format -> folder under OUT
+SET_DIRS = ("davis", "coco", "sav", "mose")
 JPEG_QUALITY = 95  # of the written frames and images
 
 
@@ -71,6 +84,7 @@ class Obj:
     spin: float
     leaves_at: int | None  # frame after which the velocity turns back (leave and re-enter)
     size: tuple[int, int]  # frame (width, height): non-leaving objects bounce inside it
+    appears_at: int | None = None  # first frame it is drawn on (None: from frame 0)
 
 
 def _colors(rng: np.random.Generator) -> np.ndarray:
@@ -177,13 +191,16 @@ def background(rng: np.random.Generator, cfg: SynthConfig) -> np.ndarray:
     return np.clip(bg + 0.06 * np.sin(fx * xx + fy * yy)[..., None], 0, 1)
 
 
-def render(objs: list[Obj], bg: np.ndarray, t: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """RGB uint8 image and label map (object i+1 where it is visible) of frame t; objects are
-    drawn in list order, so later ones occlude earlier ones."""
+def render(objs: list[Obj], bg: np.ndarray, t: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """RGB uint8 image and label map (object i+1 where it is visible) of frame t (a fraction:
+    the motion between two frames); objects are drawn in list order, so later ones occlude
+    earlier ones."""
     h, w = bg.shape[:2]
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
     img, labels = bg.copy(), np.zeros((h, w), np.uint8)
     for i, o in enumerate(objs):
+        if o.appears_at is not None and t < o.appears_at:
+            continue
         u, v = _local(o, t, yy, xx)
         inside = _shape(o, u, v)
         if not inside.any():
@@ -218,6 +235,42 @@ def clip(cfg: SynthConfig, split: str, index: int,
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
+def clip_24fps(cfg: SynthConfig, split: str, index: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """`clip` at SAV_STEP times its frame rate: frames at t = k / SAV_STEP, and the label maps
+    of every SAV_STEP-th (k = SAV_STEP t): those frames are `clip`'s, pixel for pixel (their
+    noise comes from the same stream in the same order; the frames between have their own)."""
+    objs, bg, rng = scene(cfg, split, index, cfg.frames)
+    between = np.random.default_rng([cfg.seed, SPLIT_STREAMS[split], index, SAV_STREAM])
+    frames, labels = [], []
+    for k in range(SAV_STEP * (cfg.frames - 1) + 1):
+        t, sub = divmod(k, SAV_STEP)
+        img, lab = render(objs, bg, t, rng) if sub == 0 else render(objs, bg, k / SAV_STEP, between)
+        frames.append(img)
+        if sub == 0:
+            labels.append(lab)
+    return frames, labels
+
+
+def late_object(cfg: SynthConfig, split: str, index: int, objs: list[Obj], bg: np.ndarray) -> Obj:
+    """An object first drawn on a frame between a quarter and half of the clip, on top of the
+    others, showing at least 1.5% of the frame there (its own seed stream)."""
+    rng = np.random.default_rng([cfg.seed, SPLIT_STREAMS[split], index, LATE_STREAM])
+    while True:
+        o = random_object(rng, cfg, cfg.frames)
+        o.appears_at = int(rng.integers(max(1, cfg.frames // 4), cfg.frames // 2 + 1))
+        _, labels = render([*objs, o], bg, o.appears_at, np.random.default_rng(0))
+        if (labels == len(objs) + 1).mean() >= 0.015:
+            return o
+
+
+def late_clip(cfg: SynthConfig, split: str, index: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """`clip` with one more object (the highest id) that appears after frame 0."""
+    objs, bg, rng = scene(cfg, split, index, cfg.frames)
+    objs = [*objs, late_object(cfg, split, index, objs, bg)]
+    pairs = [render(objs, bg, t, rng) for t in range(cfg.frames)]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
 def still(cfg: SynthConfig, split: str, index: int) -> tuple[np.ndarray, np.ndarray]:
     """One image and its label map (the instance-segmentation stream)."""
     objs, bg, rng = scene(cfg, split, 10_000 + index, 1)
@@ -239,22 +292,55 @@ def as_stored(image: np.ndarray, quality: int = JPEG_QUALITY) -> np.ndarray:
 
 
 # -- writers ---------------------------------------------------------------------------------
-def write_davis(cfg: SynthConfig, root: Path) -> None:
+def _write_clip(jpg: Path, ann: Path, frames: list[np.ndarray], labels: list[np.ndarray]) -> None:
+    """`<t>.jpg` and palette `<t>.png` of every frame (names: 5 digits)."""
     from bench.data.davis import write_palette_png
 
+    jpg.mkdir(parents=True, exist_ok=True)
+    ann.mkdir(parents=True, exist_ok=True)
+    for t, (img, lab) in enumerate(zip(frames, labels)):
+        Image.fromarray(img).save(jpg / f"{t:05d}.jpg", quality=JPEG_QUALITY)
+        write_palette_png(ann / f"{t:05d}.png", lab)
+
+
+def _clip_names(cfg: SynthConfig) -> list[tuple[str, list[str]]]:
+    return [(split, [f"{split}{i:04d}" for i in range(n)]) for split, n in (("train", cfg.clips_train),
+                                                                           ("val", cfg.clips_val))]
+
+
+def write_davis(cfg: SynthConfig, root: Path) -> None:
     sets = root / "ImageSets" / "2017"
     sets.mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", cfg.clips_train), ("val", cfg.clips_val)):
-        names = [f"{split}{i:04d}" for i in range(n)]
+    for split, names in _clip_names(cfg):
         for i, name in enumerate(names):
-            frames, labels = clip(cfg, split, i)
-            jpg, ann = root / "JPEGImages" / "480p" / name, root / "Annotations" / "480p" / name
-            jpg.mkdir(parents=True, exist_ok=True)
-            ann.mkdir(parents=True, exist_ok=True)
-            for t, (img, lab) in enumerate(zip(frames, labels)):
-                Image.fromarray(img).save(jpg / f"{t:05d}.jpg", quality=JPEG_QUALITY)
-                write_palette_png(ann / f"{t:05d}.png", lab)
+            _write_clip(root / "JPEGImages" / "480p" / name, root / "Annotations" / "480p" / name, *clip(cfg, split, i))
         (sets / f"{split}.txt").write_text("".join(f"{n}\n" for n in names))
+
+
+def write_sav(cfg: SynthConfig, root: Path) -> None:
+    """The davis/ clips in the SA-V layout (`clip_24fps`); object folders 000, 001, ... hold the
+    modal masks (visible pixels), empty where an object is hidden or out of the frame."""
+    from bench.data.davis import write_palette_png
+
+    for split, names in _clip_names(cfg):
+        for i, name in enumerate(names):
+            frames, labels = clip_24fps(cfg, split, i)
+            (root / "JPEGImages_24fps" / name).mkdir(parents=True, exist_ok=True)
+            for k, img in enumerate(frames):
+                Image.fromarray(img).save(root / "JPEGImages_24fps" / name / f"{k:05d}.jpg", quality=JPEG_QUALITY)
+            for obj in range(1, int(labels[0].max()) + 1):  # every object shows in frame 0
+                folder = root / "Annotations_6fps" / name / f"{obj - 1:03d}"
+                for t, lab in enumerate(labels):
+                    write_palette_png(folder / f"{SAV_STEP * t:05d}.png", lab == obj)
+        (root / f"sav_{split}.txt").write_text("".join(f"{n}\n" for n in names))
+
+
+def write_mose(cfg: SynthConfig, root: Path) -> None:
+    """The davis/ clips with one late object each (`late_clip`) in the MOSE layout."""
+    for split, names in _clip_names(cfg):
+        folder = root / MOSE_SPLITS[split]
+        for i, name in enumerate(names):
+            _write_clip(folder / "JPEGImages" / name, folder / "Annotations" / name, *late_clip(cfg, split, i))
 
 
 def _box(mask: np.ndarray) -> list[float]:
@@ -327,8 +413,8 @@ def generate(cfg: SynthConfig, out: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        write_davis(cfg, tmp / "davis")
-        write_coco(cfg, tmp / "coco")
+        for name, writer in WRITERS.items():
+            writer(cfg, tmp / name)
         (tmp / "synth.json").write_text(json.dumps({"version": VERSION, **asdict(cfg)}, indent=2) + "\n")
         if out.exists() and not any(out.iterdir()):
             out.rmdir()
@@ -338,6 +424,36 @@ def generate(cfg: SynthConfig, out: Path) -> None:
             raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+WRITERS = {"davis": write_davis, "coco": write_coco, "sav": write_sav, "mose": write_mose}
+
+
+def config_of(root: Path) -> SynthConfig:
+    """The settings a generated folder was written with (its synth.json)."""
+    doc = json.loads((Path(root) / "synth.json").read_text())
+    return SynthConfig(**{k: v for k, v in doc.items() if k in SynthConfig.__dataclass_fields__})
+
+
+def add_missing(root: Path) -> None:
+    """Write the sets a folder from an earlier generator lacks (sav/, mose/), with its own
+    settings, each through a temporary folder and a rename; the others are left as they are."""
+    import os
+
+    root = Path(root)
+    missing = [name for name in SET_DIRS if not (root / name).is_dir()]
+    cfg = config_of(root) if missing else None
+    for name in missing:
+        tmp = root / f"{name}.partial-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            WRITERS[name](cfg, tmp)
+            tmp.rename(root / name)
+        except OSError:
+            if not (root / name).is_dir():
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def default_root() -> Path:
@@ -350,13 +466,17 @@ def default_root() -> Path:
 
 
 def ensure_default() -> Path:
-    """`default_root()`, generated on first use (default settings)."""
+    """`default_root()`, generated on first use (default settings); sets added to the generator
+    since a folder was written are added to it (`add_missing`)."""
+    import sys
+
     root = default_root()
     if not (root / "synth.json").is_file():
-        import sys
-
         print(f"generating the synthetic data sets into {root} (once)", file=sys.stderr)
         generate(SynthConfig(), root)
+    elif any(not (root / name).is_dir() for name in SET_DIRS):
+        print(f"adding the new synthetic data sets to {root} (once)", file=sys.stderr)
+        add_missing(root)
     return root
 
 
@@ -367,7 +487,7 @@ def scaled(cfg: SynthConfig, scale: float) -> SynthConfig:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="Write the synthetic DAVIS-layout and COCO-layout sets.")
+    p = argparse.ArgumentParser(description="Write the synthetic sets: DAVIS, COCO, SA-V and MOSE layouts.")
     p.add_argument("--out", required=True, type=Path, help="output folder (must not exist or be empty)")
     p.add_argument("--seed", type=int, default=0, help="data seed (default 0)")
     p.add_argument("--scale", type=float, default=1.0,
