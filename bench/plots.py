@@ -68,7 +68,7 @@ def new_figure(n_panels: int, height: float = 4.6):
     from matplotlib.figure import Figure
 
     with sns.axes_style("whitegrid"):
-        fig = Figure(figsize=(1.0 + 4.2 * n_panels, height), layout="constrained")
+        fig = Figure(figsize=(max(7.5, 1.0 + 4.2 * n_panels), height), layout="constrained")  # room for the legend
         axes = fig.subplots(1, n_panels, squeeze=False)[0]
     return fig, axes
 
@@ -167,11 +167,14 @@ def plot_vs_size(cells: pd.DataFrame, metric: Metric, stem: Path) -> bool:
     fig, axes = new_figure(len(panels), height=5.0)
     for ax, (model, pts) in zip(axes, panels):
         for x, y, k in pts:
-            if k[1] == "fp":
-                ax.plot(x, y, "*", color="black", ms=13, label="FP (full precision)", zorder=4)
-            else:
-                st = style[(k[1], k[2])]
-                ax.plot(x, y, st["marker"], color=st["color"], ms=7, label=st["label"], zorder=3)
+            fp = k[1] == "fp"
+            st = {"marker": "*", "color": "black", "ms": 13, "label": "FP (full precision)"} if fp else \
+                {**style[(k[1], k[2])], "ms": 7}
+            ax.plot(x, y, st["marker"], color=st["color"], ms=st["ms"], label=st["label"], zorder=4 if fp else 3)
+            ci = cell_interval(index.get(k), metric)
+            if ci is not None:
+                ax.errorbar([x], [y], yerr=[[y - ci[0]], [ci[1] - y]], color=st["color"], fmt="none", capsize=3, lw=1.0,
+                            zorder=2)
         front = pareto([(x, y, point_label(k)) for x, y, k in pts], metric.higher)
         ax.plot([p[0] for p in front], [p[1] for p in front], "-", color="0.35", lw=1.2, zorder=2,
                 label="Pareto front (no point smaller and better)")
