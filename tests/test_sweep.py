@@ -51,6 +51,9 @@ MALFORMED = [
     (VALID.replace("[fp, rtn]", "[{name: rtn, options: [1, 2]}]"), "methods[0].options: expected a mapping"),
     (VALID + "data: {davis_root: 5}\n", "data.davis_root: expected a non-empty string, got 5"),
     (VALID + "data: {max_frames: 0}\n", "data.max_frames: expected an integer >= 1, got 0"),
+    (VALID + "data: {vos_format: ytvos}\n", "data.vos_format: unknown 'ytvos'; allowed: davis, sav, mose"),
+    (VALID + "data: {track_later: true}\n", "data.track_later: needs vos_format sav or mose"),
+    (VALID + "data: {vos_format: sav, track_later: 1}\n", "data.track_later: expected true or false, got 1"),
     (VALID + "data: {frames: 4}\n", "data.frames: unknown key; allowed: davis_root"),
     (VALID + "calibration: {n: many}\n", "calibration.n: expected an integer >= 1, got 'many'"),
     (VALID + "device: tpu\n", "device: expected cpu, cuda or cuda:N, got 'tpu'"),
@@ -87,6 +90,22 @@ def test_malformed_sweep_files_are_one_line_errors(tmp_path, text, expected):
         load(path)
     msg = str(e.value)
     assert msg.startswith(f"{path}: ") and expected in msg and "\n" not in msg
+
+
+def test_data_names_the_vos_format(tmp_path, monkeypatch):
+    """`data: {vos_format: sav}` reaches every cell, with the format's default root (here the
+    synthetic SA-V set); the same grid in another format is other cells."""
+    monkeypatch.setenv("BENCH_SYNTH", str(tmp_path / "synth"))
+    for var in ("BENCH_DAVIS", "BENCH_SAV", "BENCH_COCO"):
+        monkeypatch.delenv(var, raising=False)
+    path = tmp_path / "f.yaml"
+    path.write_text(VALID.replace("[instseg]", "[vos]"))
+    davis = load(path).cells
+    path.write_text(VALID.replace("[instseg]", "[vos]") + "data: {vos_format: sav, track_later: true}\n")
+    sav = load(path).cells
+    assert {(c.cell.vos_format, c.cell.track_later, c.cell.davis_root) for c in sav} == {
+        ("sav", True, str(tmp_path / "synth" / "sav"))}
+    assert not {c.cell_id for c in davis} & {c.cell_id for c in sav}
 
 
 def test_seeds_replicate_every_cell(tmp_path):

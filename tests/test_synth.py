@@ -4,6 +4,7 @@ VOS task needs (occlusion, objects leaving and re-entering)."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -112,3 +113,71 @@ def test_as_stored_gives_the_pixels_the_tasks_read(root):
     frames, _ = synth.clip(SMALL, "val", 0)
     with Image.open(root / "davis" / "JPEGImages" / "480p" / "val0000" / "00003.jpg") as im:
         assert np.array_equal(synth.as_stored(frames[3]), np.asarray(im.convert("RGB")))
+
+
+def test_sav_layout_is_the_davis_clips_at_24_fps(root):
+    """Frame 4t of the SA-V layout is DAVIS frame t byte for byte; per-object PNGs every 4th
+    frame, object folders 000.. for the DAVIS ids 1..; some masks empty (objects that leave)."""
+    sav, davis = root / "sav", root / "davis"
+    val = (sav / "sav_val.txt").read_text().split()
+    assert val == (davis / "ImageSets/2017/val.txt").read_text().split()
+    assert (sav / "sav_train.txt").read_text().split() == (davis / "ImageSets/2017/train.txt").read_text().split()
+    empty_somewhere = False
+    for seq in val:
+        jpgs = sorted(p.stem for p in (sav / "JPEGImages_24fps" / seq).glob("*.jpg"))
+        assert jpgs == [f"{k:05d}" for k in range(synth.SAV_STEP * (SMALL.frames - 1) + 1)]
+        for t in range(SMALL.frames):
+            k = synth.SAV_STEP * t
+            assert (sav / f"JPEGImages_24fps/{seq}/{k:05d}.jpg").read_bytes() == \
+                (davis / f"JPEGImages/480p/{seq}/{t:05d}.jpg").read_bytes()
+        labels = [np.asarray(Image.open(davis / f"Annotations/480p/{seq}/{t:05d}.png")) for t in range(SMALL.frames)]
+        folders = sorted(p.name for p in (sav / "Annotations_6fps" / seq).iterdir())
+        assert folders == [f"{i:03d}" for i in range(labels[0].max())]
+        for i, folder in enumerate(folders):
+            pngs = sorted((sav / "Annotations_6fps" / seq / folder).glob("*.png"))
+            assert [p.stem for p in pngs] == [f"{synth.SAV_STEP * t:05d}" for t in range(SMALL.frames)]
+            for t, png in enumerate(pngs):
+                mask = np.asarray(Image.open(png))
+                assert set(np.unique(mask)) <= {0, 1} and np.array_equal(mask == 1, labels[t] == i + 1)
+                empty_somewhere |= not mask.any()
+    assert empty_somewhere
+
+
+def test_frames_between_show_the_motion_between():
+    frames, labels = synth.clip_24fps(SMALL, "val", 1)
+    davis_frames, davis_labels = synth.clip(SMALL, "val", 1)
+    assert all(np.array_equal(a, b) for a, b in zip(labels, davis_labels))
+    assert all(np.array_equal(frames[synth.SAV_STEP * t], f) for t, f in enumerate(davis_frames))
+    assert not np.array_equal(frames[1], frames[0]) and not np.array_equal(frames[1], frames[4])
+
+
+def test_mose_layout_has_objects_that_appear_later(root):
+    mose = root / "mose"
+    assert sorted(p.name for p in mose.iterdir()) == ["train", "valid"]
+    for i in range(SMALL.clips_val):
+        seq = f"val{i:04d}"
+        labels = [np.asarray(Image.open(mose / f"valid/Annotations/{seq}/{t:05d}.png")) for t in range(SMALL.frames)]
+        davis0 = np.asarray(Image.open(root / f"davis/Annotations/480p/{seq}/00000.png"))
+        late = int(davis0.max()) + 1
+        first = next(t for t, lab in enumerate(labels) if (lab == late).any())
+        assert not (labels[0] == late).any() and SMALL.frames // 4 <= first <= SMALL.frames // 2
+        assert np.array_equal(labels[0], davis0)  # the rest is the DAVIS clip
+        assert (mose / f"valid/JPEGImages/{seq}/{first:05d}.jpg").is_file()
+
+
+def test_an_older_folder_gets_the_new_sets(tmp_path, monkeypatch):
+    """A folder written before the SA-V and MOSE sets existed gets them, with its own settings,
+    and its DAVIS and COCO sets are left as they are."""
+    cfg = replace(SMALL, frames=4, clips_train=1, clips_val=1, images_train=1, images_val=1, seed=3)
+    synth.generate(cfg, tmp_path / "s")
+    shutil.rmtree(tmp_path / "s" / "sav")
+    shutil.rmtree(tmp_path / "s" / "mose")
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "s" / "davis").rglob("*.png")}
+    monkeypatch.setenv("BENCH_SYNTH", str(tmp_path / "s"))
+    assert synth.ensure_default() == tmp_path / "s"
+    assert (tmp_path / "s/sav/sav_val.txt").is_file() and (tmp_path / "s/mose/valid").is_dir()
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "s" / "davis").rglob("*.png")} == before
+    frames, _ = synth.clip_24fps(cfg, "val", 0)
+    with Image.open(tmp_path / "s/sav/JPEGImages_24fps/val0000/00001.jpg") as im:
+        assert np.array_equal(np.asarray(im.convert("RGB")), synth.as_stored(frames[1]))  # seed 3, not 0
+    assert not list((tmp_path / "s").glob("*.partial*"))
