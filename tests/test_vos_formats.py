@@ -326,3 +326,18 @@ def test_run_cli_refuses_later_objects_on_davis(tmp_path):
                          capture_output=True, text=True)
     assert out.returncode == 2 and "sav or mose" in out.stderr and len(out.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "r.json").exists()
+
+
+def test_first_frame_only_annotations_cannot_be_scored(tmp_path):
+    """MOSE's valid split ships the first frame's annotation only: the task says so."""
+    from bench.tasks import TaskContext
+    from bench.tasks.vos import run
+
+    root = make_mose(tmp_path / "mose")
+    for t in range(1, 6):
+        (root / f"valid/Annotations/m/{t:05d}.png").unlink()
+    ctx = TaskContext("micro", "cpu", tmp_path / "work", {"davis_root": str(root), "vos_format": "mose",
+                                                           "progress": False})
+    with pytest.raises(BenchError, match="first frame only") as e:
+        run(FakePredictor(6), ctx)
+    assert str(root / "valid/Annotations/m") in str(e.value)

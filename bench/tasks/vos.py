@@ -169,6 +169,11 @@ def score(ds: VideoSet, pred_dir: Path) -> dict:
         return evaluate_vos(ds, pred_dir)
     from bench.metrics.sav import evaluate_palette, evaluate_per_object
 
+    for seq in ds.sequences:
+        if len(ds.annotated_frames(seq)) < 3:
+            raise BenchError(f"{ds.mask_dir(seq)}: {len(ds.annotated_frames(seq))} annotated frame(s), at least 3 are "
+                             "needed (the first and last are not scored); a split annotated on its first frame only "
+                             "(MOSE's valid) is scored by its benchmark's server")
     evaluate = evaluate_per_object if ds.per_object_png else evaluate_palette
     return evaluate(ds.annotation_root, pred_dir, ds.sequences, {s: set(ds.frames(s)) for s in ds.sequences})
 
