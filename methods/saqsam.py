@@ -131,12 +131,14 @@ def attention_iou(a: torch.Tensor, b: torch.Tensor, theta: float = 0.5) -> float
 
 
 def quantiles(x: torch.Tensor, ps: torch.Tensor) -> torch.Tensor:
-    """Linear-interpolated quantiles (torch.quantile's rule, without its size limit)."""
-    v = x.detach().float().flatten().sort().values
-    pos = ps.to(v.device).float() * (v.numel() - 1)
+    """Linear-interpolated quantiles (torch.quantile's and numpy's rule, without torch's size
+    limit), the ranks and the interpolation in float64 as both do: in float32 a rank above
+    2^24 is off by whole elements and the interpolation weight by up to an ulp of the rank."""
+    v = x.detach().flatten().sort().values.double()
+    pos = ps.to(device=v.device, dtype=torch.float64) * (v.numel() - 1)
     lo = pos.floor().long()
     hi = pos.ceil().long()
-    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
+    return (v[lo] + (v[hi] - v[lo]) * (pos - lo)).to(torch.float32)
 
 
 def pcc_search(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 from sam2.modeling.sam.transformer import Attention
@@ -75,6 +76,33 @@ def test_agq_formula_underflow_and_tau_choice():
             at_max = float((log2_quant(A[i], float(A[i].max()), tau, 4) @ V[i] - A[i] @ V[i]).abs().pow(2.4).mean())
             assert math.isclose(err, per_call[i][1][j], rel_tol=1e-5) and err <= at_max
     assert torch.equal(q(A[0]), log2_quant(A[0], q.scale, q.tau, 4))
+
+
+def test_agq_gradient_passes_at_the_top_and_bottom_codes():
+    """The official code's clamp (torch 1.10) passes the gradient at the bounds, as the uniform
+    quantizer's inclusive mask does: probabilities at the scale (code 0) and at the last code
+    get the straight-through gradient, and the learned scale the gradient of a clamped code."""
+    a = torch.tensor([0.5, 0.25, 0.5 * 2**-15, 0.5 * 2**-20], requires_grad=True)  # codes 0, 1, 15, underflow
+    scale = torch.tensor(0.5, requires_grad=True)
+    log2_quant(a, scale, 1.0, 4).sum().backward()
+    assert a.grad.tolist() == [1.0, 1.0, 1.0, 0.0]
+    assert abs(float(scale.grad)) < 1e-6  # inside the range the output tracks a, not the scale
+    above = torch.tensor([0.75], requires_grad=True)  # above the scale: code < 0, clamped to 0
+    s2 = torch.tensor(0.5, requires_grad=True)
+    log2_quant(above, s2, 1.0, 4).sum().backward()
+    assert float(above.grad) == 0.0 and float(s2.grad) == 1.0
+
+
+def test_pcc_quantiles_equal_numpy_percentile():
+    """Ranks and interpolation in float64, as numpy and torch.quantile: equal to np.percentile
+    (rounded to float32) on a tensor large enough for float32 ranks to be off."""
+    from methods.saqsam import PCC_PERCENTILES, quantiles
+
+    x = torch.randn(300_000, generator=torch.Generator().manual_seed(0))
+    ps = torch.tensor(PCC_PERCENTILES, dtype=torch.float64)
+    for p in (ps, 1 - ps):
+        expected = np.percentile(x.double().numpy(), 100 * p.numpy()).astype(np.float32)
+        assert np.array_equal(quantiles(x, p).numpy(), expected)
 
 
 def test_pcc_clips_an_outlier_tighter_than_mse_and_keeps_attention_focus():

@@ -79,11 +79,15 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
 def fake_quant(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
     """Reference uniform fake quantization; gradients reach `x` (inside the range) and `scale`
     (the LSQ gradient -x/s + round(x/s) inside, q_min - z or q_max - z outside)."""
-    q = round_ste(x / scale) + zero_point
-    # inclusive range: the gradient passes where q_min <= q <= q_max (torch.clamp drops it at
-    # the bounds themselves); same mask as torch's fused fake-quant kernels
-    q = torch.where(q < qmin, qmin, torch.where(q > qmax, qmax, q))
+    q = clamp_inclusive(round_ste(x / scale) + zero_point, qmin, qmax)
     return (q - zero_point) * scale
+
+
+def clamp_inclusive(q: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """clamp(q, lo, hi) whose gradient passes where lo <= q <= hi, the bounds included:
+    torch.clamp drops it at the bounds themselves. The mask of torch's fused fake-quant
+    kernels, and what torch 1.10's clamp did in the official PTQ4SAM code."""
+    return torch.where(q < lo, lo, torch.where(q > hi, hi, q))
 
 
 def tensor_version(t: torch.Tensor) -> int:

@@ -18,7 +18,7 @@ import math
 import torch
 from scipy.optimize import minimize_scalar
 
-from bench.quant.fake import FakeQuantizer, QuantSpec, round_ste
+from bench.quant.fake import FakeQuantizer, QuantSpec, clamp_inclusive, round_ste
 from bench.quant.observers import qdrop
 
 TAUS = (1, 2, 4)
@@ -29,7 +29,7 @@ def log2_quant(a: torch.Tensor, scale: torch.Tensor | float, tau: float, bits: i
     levels = 2**bits
     q = round_ste(-tau * torch.log2(a.clamp_min(1e-20) / scale))
     underflow = q >= levels
-    q = q.clamp(0, levels - 1)
+    q = clamp_inclusive(q, 0, levels - 1)  # the gradient passes at the top and bottom codes too
     return (scale * torch.pow(2.0, -q / tau)).masked_fill(underflow, 0.0)
 
 
