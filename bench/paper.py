@@ -10,16 +10,18 @@ the same cell:
   task (our `instseg` prompts with GT boxes and reports mIoU);
 - our (method, canonical variant) is translated into the paper's name by `PAPER_NAMES`; a
   cell with a sweep `tag` (a budget study) never matches;
-- bits must be equal, the CSV's 32 meaning full precision (our null).
-
-Datasets are not matched: the paper's set (`prompts_or_dataset`) is carried into the table
-so that a reader sees what was measured on what.
+- bits must be equal, the CSV's 32 meaning full precision (our null);
+- the dataset must be the same: the record's `dataset` (e.g. `sa-v test`, `mose val`, `coco
+  val2017`) equals the paper's `prompts_or_dataset`, whose detector (`coco-val2017 YOLOX-l
+  boxes`) is carried into the table (the boxes are the cell's `--detections`, which the record
+  does not name), so a reader sees which boxes the published number used.
 """
 
 from __future__ import annotations
 
 import csv
 import fnmatch
+import re
 from pathlib import Path
 from typing import Any
 
@@ -79,18 +81,27 @@ def paper_method(method: str, variant: str, tag: str = "") -> str | None:
     return None if tag else PAPER_NAMES.get((method, variant))
 
 
+def dataset_key(text: str) -> str:
+    """A dataset name as both sides are compared: lower case, the papers' `coco-val2017 <detector>
+    boxes` as our `coco val2017`."""
+    t = " ".join(str(text).lower().split())
+    m = re.match(r"coco[- ](\w+)", t)
+    return f"coco {m.group(1)}" if m else t
+
+
 def match(ours: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
-    """One row per (our value, published value) pair of the same cell: our long-form columns
-    (with `raw_variant` and `tag`) plus the paper's `paper, prompts_or_dataset, source,
-    checked` and `published`, and `diff` = ours - published."""
+    """One row per (our value, published value) pair of the same cell on the same dataset: our
+    long-form columns (with `raw_variant`, `tag` and `dataset`) plus the paper's `paper,
+    prompts_or_dataset, source, checked` and `published`, and `diff` = ours - published."""
     published: dict[tuple, list[dict]] = {}
     for r in paper.to_dict("records"):
-        key = (r["model"], r["method"], r["w_bits"], r["a_bits"], r["task"], r["metric"])
+        key = (r["model"], r["method"], r["w_bits"], r["a_bits"], r["task"], r["metric"],
+               dataset_key(r["prompts_or_dataset"]))
         published.setdefault(key, []).append(r)
     rows = []
     for r in ours.to_dict("records"):
         name = paper_method(r["method"], r["raw_variant"], r["tag"])
-        key = (r["model"], name, r["w_bits"], r["a_bits"], r["task"], r["metric"])
+        key = (r["model"], name, r["w_bits"], r["a_bits"], r["task"], r["metric"], dataset_key(r["dataset"]))
         for p in published.get(key, []) if name else []:
             rows.append({**r, "paper": p["paper"], "prompts_or_dataset": p["prompts_or_dataset"],
                          "source": p["source"], "checked": p["checked"], "published": p["value"],

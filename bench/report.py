@@ -387,9 +387,9 @@ def paper_table(cells: pd.DataFrame, paper: pd.DataFrame) -> Table:
     """Our value beside the published one of the same cell, and ours - published."""
     ours = long_form(cells)
     ours = ours[ours["value"].notna() & (ours["status"] == "ok")]
-    raw = {tuple(r[k] for k in CELL_KEY): (r["raw_variant"], r["tag"]) for r in cells.to_dict("records")}
-    ours = ours.assign(raw_variant=[raw[tuple(r)][0] for r in ours[list(CELL_KEY)].itertuples(index=False)],
-                       tag=[raw[tuple(r)][1] for r in ours[list(CELL_KEY)].itertuples(index=False)])
+    index = cell_index(cells)
+    keys = [tuple(r) for r in ours[list(CELL_KEY)].itertuples(index=False)]
+    ours = ours.assign(**{k: [index[key][k] for key in keys] for k in ("raw_variant", "tag", "dataset")})
     found = match(ours, paper).to_dict("records")
     found.sort(key=lambda r: (cell_order(*(r[k] for k in CELL_KEY), r["metric"]), r["paper"], r["prompts_or_dataset"]))
     rows = []
@@ -400,14 +400,14 @@ def paper_table(cells: pd.DataFrame, paper: pd.DataFrame) -> Table:
             TableCell(r["data"]), TableCell(r["prompts_or_dataset"]), TableCell(f"{r['paper']}: {r['source']}"),
             TableCell(fmt(r["value"], 1)), TableCell(fmt(r["published"], 1), dagger=r["checked"] != "yes"),
             TableCell(fmt(r["diff"], 1, signed=True))]))
-    notes = ["Datasets differ: ours were measured on our data (column 'our data'), the published numbers on "
-             "the paper's dataset, so the difference is not a reproduction gap."]
+    notes = ["Matched on the dataset too ('our data': its folder and split); for COCO the published number's "
+             "detector boxes are in 'paper's dataset', ours are the cell's detections file."]
     if any(c.dagger for _, cells in rows for c in cells):
         notes.append("†: not checked against the paper itself (checked != yes in bench/data/paper_results.csv).")
     if not rows:
         notes = [f"No cell of this sweep matches a published number ({len(paper)} published rows in "
                  "bench/data/paper_results.csv; matched on model, method and variant (bench.paper.PAPER_NAMES), "
-                 "bits, task and metric)."]
+                 "bits, task, metric and dataset: the published rows are on SA-V, MOSE, LVOS and COCO val2017)."]
     head = ["model", "method", "bits", "task", "metric", "our data", "paper's dataset", "paper: source", "ours",
             "published", "ours - published"]
     return Table("Our numbers beside the published ones", [("", h) for h in head], rows, notes, align="l" * 8 + "rrr")

@@ -530,7 +530,7 @@ def mean_items(task: str, replicates: Iterable[list[dict]]) -> list[dict]:
 
 # -- the cells of a sweep ------------------------------------------------------------------------
 CELL_COLUMNS = [*CELL_KEY, "status", "error", "metrics", "items", "intervals", "seeds", "spread", "data",
-                "raw_variant", "tag"]
+                "dataset", "raw_variant", "tag"]
 
 
 def data_used(rec: dict[str, Any]) -> str:
@@ -551,7 +551,8 @@ def _cell_row(recs: list[dict[str, Any]]) -> dict[str, Any]:
            "w_bits": first.get("w_bits"), "a_bits": first.get("a_bits"), "task": first["task"],
            "status": failed[0]["status"] if failed else "ok", "error": error.splitlines()[0] if error else "",
            "metrics": {}, "items": [], "intervals": {}, "seeds": [seed_of(r) for r in recs], "spread": {},
-           "data": data_used(first), "raw_variant": first.get("variant") or "", "tag": first.get("tag") or ""}
+           "data": data_used(first), "dataset": first.get("dataset") or "", "raw_variant": first.get("variant") or "",
+           "tag": first.get("tag") or ""}
     if failed:
         return row
     if len(recs) == 1:

@@ -64,6 +64,7 @@ def record(method: str, variant: str, w: int | None, a: int | None, task: str, m
     if task == "instseg" and items:
         metrics = {**metrics, "mIoU": aggregate("instseg", items)["mIoU"]}
     rec = {"model": MODEL, "method": method, "variant": variant, "w_bits": w, "a_bits": a, "task": task,
+           "dataset": "synthetic val" if task != "size" else None,
            "status": "ok" if metrics is not None else "failed", "metrics": metrics or {}, "items": items,
            "config": {"cell": {"davis_root": "/home/u/.cache/sam-quant-bench/synth-v1/davis",
                                "coco_root": "/home/u/.cache/sam-quant-bench/synth-v1/coco", "split": "val"}},
@@ -233,14 +234,23 @@ def test_readme_lists_failed_cell(report):
     assert "1 failed, 0 missing" in text
 
 
-def test_paper_match(report):
-    rows = [line for line in (report / "tables" / "paper.md").read_text().splitlines() if line.startswith("| sam")]
-    # sam2.1-t fp vos J&F is published for three datasets (SAM2 README, checked)
-    assert len(rows) == 3
+def test_paper_match_needs_the_same_dataset(report, tmp_path):
+    text = (report / "tables" / "paper.md").read_text()
+    assert "No cell of this sweep matches a published number" in text  # synthetic data: the papers' are not
+    folder = tmp_path / "r"
+    folder.mkdir()
+    for i, dataset in enumerate(("sa-v test", "mose val", "davis-2017 val")):
+        rec = record("fp", "", None, None, "vos", VALUES[("fp", "", None, None)]["vos"]) | {"dataset": dataset}
+        rec["config"]["cell"]["davis_root"] = f"/data/{dataset.split()[0]}"
+        (folder / f"{i}.json").write_text(json.dumps(rec | {"model": f"sam2.1-{'tsl'[i]}"}))
+    assert main([str(folder), "--out", str(tmp_path / "out")]) == 0
+    rows = [line for line in (tmp_path / "out" / "tables" / "paper.md").read_text().splitlines()
+            if line.startswith("| sam")]
+    assert len(rows) == 2  # SA-V test for sam2.1-t, MOSE val for sam2.1-s; no published DAVIS figure
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
-    assert cells[:5] == ["sam2.1-t", "fp", "FP", "vos", "J&F"]
-    assert cells[5] == "synth-v1/davis val" and cells[6] == "lvos v2"
-    assert cells[8:] == ["71.2", "77.3", f"{71.25 - 77.3:+.1f}"]
+    assert cells[:7] == ["sam2.1-t", "fp", "FP", "vos", "J&F", "data/sa-v val", "sa-v test"]
+    assert cells[8:] == ["71.2", "76.5", f"{71.25 - 76.5:+.1f}"]
+    assert rows[1].startswith("| sam2.1-s | fp | FP | vos | J&F |") and "| mose val |" in rows[1]
     assert "†" not in "".join(rows)  # the SAM2 README numbers are checked
 
 
@@ -248,7 +258,7 @@ def test_paper_unchecked_and_empty(tmp_path):
     folder = tmp_path / "r"
     folder.mkdir()
     rec = record("ptq4sam", "L", 4, 4, "coco-map", {"mAP": 30.0})  # paper: instseg mAP, checked=no
-    rec["model"] = "sam-b"
+    rec.update(model="sam-b", dataset="coco val2017")
     (folder / "a.json").write_text(json.dumps(rec))
     assert main([str(folder), "--out", str(tmp_path / "out")]) == 0
     text = (tmp_path / "out" / "tables" / "paper.md").read_text()
@@ -304,7 +314,7 @@ def test_latex_compiles(report, tmp_path):
     """Every table of the report, and a published-number table with an unchecked (dagger) value."""
     folder = tmp_path / "r"
     folder.mkdir()
-    rec = record("ptq4sam", "L", 4, 4, "coco-map", {"mAP": 30.0}) | {"model": "sam-b"}
+    rec = record("ptq4sam", "L", 4, 4, "coco-map", {"mAP": 30.0}) | {"model": "sam-b", "dataset": "coco val2017"}
     (folder / "a.json").write_text(json.dumps(rec))
     assert main([str(folder), "--out", str(tmp_path / "out")]) == 0
     tables = sorted((report / "tables").glob("*.tex")) + [tmp_path / "out" / "tables" / "paper.tex"]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from bench import BenchError
-from bench.paper import PAPER_NAMES, evaluate_claims, load_claims, load_paper, match
+from bench.paper import PAPER_NAMES, dataset_key, evaluate_claims, load_claims, load_paper, match
 from bench.results import (
     RESAMPLES,
     _resample_weights,
@@ -208,7 +208,7 @@ def test_every_published_row_is_matched_by_records_the_harness_makes(tmp_path):
         method, variant = ours[r["method"]]
         rows.append({"model": r["model"], "method": method, "raw_variant": variant, "tag": "", "variant": variant,
                      "w_bits": r["w_bits"], "a_bits": r["a_bits"], "task": r["task"], "metric": r["metric"],
-                     "value": 1.0, "data": ""})
+                     "value": 1.0, "data": "", "dataset": dataset_key(r["prompts_or_dataset"])})
     import pandas as pd
 
     unique = {tuple(r.values()): r for r in rows}.values()  # one of our cells per key
@@ -216,6 +216,9 @@ def test_every_published_row_is_matched_by_records_the_harness_makes(tmp_path):
     assert len(found) == len(paper)
     tagged = pd.DataFrame([{**rows[0], "tag": "i8"}], dtype=object)
     assert match(tagged, paper).empty  # a budget study is not the paper's cell
+    elsewhere = pd.DataFrame([{**rows[0], "dataset": "synthetic val"}], dtype=object)
+    assert match(elsewhere, paper).empty  # nor a cell on other data
+    assert dataset_key("coco-val2017 YOLOX-l boxes") == dataset_key("coco val2017") == "coco val2017"
 
 
 # the options under which each method's canonical variant is the one PAPER_NAMES translates
