@@ -28,7 +28,8 @@ from typing import Any
 import pandas as pd
 
 from bench import BenchError
-from bench.results import Paired, bits_order, cell_index, cell_value, compare, metric
+from bench.intervals import Paired
+from bench.results import bits_order, cell_index, cell_value, compare, metric
 
 DATA = Path(__file__).parent / "data"
 PAPER_CSV = DATA / "paper_results.csv"

@@ -47,14 +47,13 @@ from typing import Any
 import pandas as pd
 
 from bench import BenchError
+from bench.intervals import ITEMS, Paired
 from bench.paper import PAPER_CSV, VERDICTS, evaluate_claims, load_claims, load_paper, match, model_matches
 from bench.plots import write_plots
 from bench.results import (
     CELL_KEY,
-    ITEMS,
     METRICS,
     Metric,
-    Paired,
     baseline_row,
     bits_label,
     cell_index,

@@ -20,10 +20,11 @@ from bench import BenchError
 from bench.calib import CalibData
 from bench.cell import Cell, dataset_label, ensure_data, resolve
 from bench.data.vos import VOS_FORMATS, check_format
+from bench.intervals import intervals
 from bench.method import Method, check_quantizers_active
 from bench.models import build_model, default_device, model_entry
 from bench.record import environment
-from bench.results import intervals, write_json_atomic
+from bench.results import write_json_atomic
 from bench.tasks import TASKS, TaskContext
 
 

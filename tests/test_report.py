@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.intervals import aggregate, intervals, paired
 from bench.report import main
-from bench.results import aggregate, intervals, paired
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "sam2.1-t"

@@ -10,19 +10,9 @@ import numpy as np
 import pytest
 
 from bench import BenchError
+from bench.intervals import RESAMPLES, _resample_weights, aggregate, coco_ap, coco_ap_resampled, intervals, paired
 from bench.paper import PAPER_NAMES, dataset_key, evaluate_claims, load_claims, load_paper, match
-from bench.results import (
-    RESAMPLES,
-    _resample_weights,
-    aggregate,
-    coco_ap,
-    coco_ap_resampled,
-    intervals,
-    load_cells,
-    paired,
-    read_record,
-    write_json_atomic,
-)
+from bench.results import load_cells, read_record, write_json_atomic
 
 
 def vos_items(rng: np.random.Generator, n_seq: int = 8, shift: float = 0.0) -> list[dict]:

@@ -14,7 +14,8 @@ from PIL import Image
 
 from bench.cell import Cell
 from bench.data import synth
-from bench.results import aggregate, metric
+from bench.intervals import aggregate
+from bench.results import metric
 from bench.run import run_cell
 from tests.conftest import synth_set
 

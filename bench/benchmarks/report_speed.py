@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.results import aggregate, intervals, write_json_atomic
+from bench.intervals import aggregate, intervals
+from bench.results import write_json_atomic
 
 MODELS = ("sam2.1-t", "sam2.1-s", "sam2.1-b+", "sam2.1-l")
 METHODS = (("fp", ""), ("rtn", ""), ("lsq", ""), ("pact", ""), ("pact", "two-sided"), ("qsam2", ""),

@@ -117,7 +117,7 @@ def coco_segm_map(coco_gt: COCO, results: list[dict], image_ids: Iterable[int] |
 
 
 def ap_items(ev: COCOeval) -> list[dict]:
-    """What AP over any subset of the images needs (`bench.results.coco_ap`): per image and
+    """What AP over any subset of the images needs (`bench.intervals.coco_ap`): per image and
     category, the non-ignored GT count and each kept detection's score with its match and
     ignore flags at the 10 IoU thresholds as bit masks (area all, the last maxDets)."""
     bits = 1 << np.arange(len(ev.params.iouThrs))

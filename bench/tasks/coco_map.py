@@ -4,7 +4,7 @@ Boxes come from a detection-results JSON (`[{"image_id", "category_id", "bbox": 
 "score"}]`); each box prompts one mask (single-mask output); the result's score is the
 detector score x the predicted IoU; masks are encoded as RLE and evaluated with pycocotools
 `COCOeval(iouType="segm")` (`bench.metrics.coco.coco_segm_map`). The record's `items` hold,
-per image and category, what AP on any subset of the images needs (`bench.results.coco_ap`).
+per image and category, what AP on any subset of the images needs (`bench.intervals.coco_ap`).
 """
 
 from __future__ import annotations
