@@ -21,7 +21,8 @@ BIG, AGQ, observers, block reconstruction) with its own settings. Switches `pcc`
   transformer with the image's box prompts (<= 16 per calibration image), fed the stage's
   quantized output continued through the FP rest of the trunk, the FP neck and the FP
   `no_mem_embed` (SAM2's trunk is hierarchical: a stage's output reaches the decoder only
-  through the later stages), against the same with the FP stage. Mask-decoder layers
+  through the later stages), against the same with the FP stage (which FP model: see the
+  targets below). Mask-decoder layers
   (`transformer.layers.i`) use beta * (0.01 |q_hat - q|^2 + |k_hat - k|^2) + alpha * PAR,
   PAR comparing the quantized decoder's token outputs with the FP decoder's on the
   quantized image embedding, alpha = beta = 1. `final_attn_token_to_image` gets plain block
@@ -30,14 +31,38 @@ BIG, AGQ, observers, block reconstruction) with its own settings. Switches `pcc`
   reconstruction. 2,000 iterations per unit; step sizes Adam lr 2e-3 cosine, rounding lr
   1e-3; activations observed with the averaged Lp (p 2.4) observer; the AdaRound rounding
   regularizer off (`round_reg: 0`, as the official loss never adds it).
+- PAR's targets (`par_targets: official`, the default), as the official code builds them
+  (`ptq4sam/solver/test_quant_SAQ_m.py`: `recon_model`; `ptq4sam/solver/recon.py`:
+  `reconstruction_IE`, `reconstruction_MD`, `reconstruction_blk`):
+  1. a decoder layer's FP inputs and q/k targets come from the FP decoder fed the quantized
+     model's decoder inputs (its image embedding): `reconstruction_MD` takes the quantized
+     model's embedding (`get_q_image_embedding`) and feeds it to both the quantized and the
+     FP layer (`save_inp_oup_data_MD`) and to the FP PAR target (`save_dc_Qout_list`);
+  2. a unit runs in full precision until its turn: `recon_model` switches every quantizer
+     off (`disable_all`) and each unit's on when it is reconstructed (`enable_quantization`),
+     so inside the PAR term (`get_dc_Qout`, the quantized model's decoder) the decoder layers
+     after the one being reconstructed and `final_attn_token_to_image` are FP;
+  3. after each image-encoder unit (stage, neck) is reconstructed, `_recon_model_IE` (in
+     `recon_model`) puts a copy of it into the FP model, so a later stage's FP input and its
+     PAR target (`save_inp_oup_data_en`, `save_CIT_list` on the FP model) come from the
+     quantized earlier stages (the stage's FP input is then its quantized input, and QDrop's
+     mix changes nothing), and so do the FP inputs and targets of the neck and of
+     `final_attn_token_to_image` (`reconstruction_blk` runs the FP model's image encoder).
+     Decoder units stay FP in the FP model (`_recon_model_MD` puts nothing back).
+  `par_targets: fp` keeps every target pure full precision: FP inputs and targets from the
+  FP model's own image path (the PAR term of a decoder layer still on the quantized
+  embedding), every quantizer on throughout, the stages' PAR targets computed once from
+  the FP model.
 - `recon` without `par`: the baseline, PTQ4SAM-style block reconstruction with these
   settings. `recon: false, par: false`: SAQ-SAM* (PCC only, statistics).
 
 Variant labels: "PCC+PAR" (default), "PCC", "PAR", "recon" (neither), "stats" (no PCC, no
-reconstruction), then PTQ4SAM's "-noBIG", "-noAGQ", "+evalbug".
+reconstruction), then PTQ4SAM's "-noBIG", "-noAGQ", "+evalbug", and "+par_targets=fp".
 
 Choices where the code is silent on SAM2 (config fields): the PAR path through the later FP
-stages (above); levels of the FPN before the stage are its input (when the block before the
+stages (above); under the official targets the FP model also gets the reconstructed neck
+convolutions (SAM2's image encoder is trunk and neck), not conv_s0/s1 (mask-decoder
+modules); levels of the FPN before the stage are its input (when the block before the
 stage ends a level) or zeros (levels the FPN's top-down path never carries to the image
 embedding: with SAM2's `fpn_top_down_levels: [2, 3]` and `scalp: 1` the embedding reads levels
 2 and 3, and level 2 is the input of the last stage); memory modules are not reconstructed.
@@ -45,8 +70,9 @@ embedding: with SAM2's `fpn_top_down_levels: [2, 3]` and `scalp: 1` the embeddin
 
 from __future__ import annotations
 
+import copy
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -78,6 +104,7 @@ PCC_PERCENTILES = (
 TRUNK = "image_encoder.trunk.blocks."
 LAYER = re.compile(r"(sam_mask_decoder\.transformer\.layers\.\d+)(\.|$)")
 FINAL = "sam_mask_decoder.transformer.final_attn_token_to_image"
+PAR_TARGETS = ("official", "fp")
 
 
 @dataclass(frozen=True)
@@ -97,6 +124,7 @@ class SAQSAMConfig(PTQConfig):
     par_alpha: float = 1.0
     par_beta: float = 1.0
     final_iters_scale: float = 5.0
+    par_targets: str = "official"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pcc_percentiles", tuple(self.pcc_percentiles))
@@ -110,6 +138,9 @@ class SAQSAMConfig(PTQConfig):
               "pcc_percentiles", "expected a non-empty list of numbers in (0.5, 1]")
         for f in ("par_alpha", "par_beta", "final_iters_scale"):
             check(is_number(getattr(self, f)) and getattr(self, f) >= 0, f, "expected a number >= 0")
+        check(self.par_targets in PAR_TARGETS, "par_targets",
+              f"expected one of {', '.join(PAR_TARGETS)}, got {self.par_targets!r}")
+        check(self.par or self.par_targets == "official", "par_targets", "only applies with par: true")
 
     def recon_settings(self) -> ReconSettings:
         import dataclasses
@@ -242,15 +273,16 @@ def trunk_stages(trunk: nn.Module) -> list[range]:
     return stages
 
 
-def transformer_out(decoder: nn.Module, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """(token outputs, image-token outputs) of the decoder's two-way transformer."""
+def decoder_call(decoder: nn.Module, module: nn.Module, kwargs: dict) -> Call:
+    """Inputs and output of `module`'s first call when the decoder runs on `kwargs`; the
+    decoder stops right after it."""
     box = []
 
-    def grab(_m, _a, out):
-        box.append(out)
+    def grab(_m, args, kw, out):
+        box.append(Call(args, kw, out))
         raise Stop
 
-    h = decoder.transformer.register_forward_hook(grab)
+    h = module.register_forward_hook(grab, with_kwargs=True)
     try:
         decoder(**kwargs)
     except Stop:
@@ -258,6 +290,11 @@ def transformer_out(decoder: nn.Module, kwargs: dict) -> tuple[torch.Tensor, tor
     finally:
         h.remove()
     return box[0]
+
+
+def transformer_out(decoder: nn.Module, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(token outputs, image-token outputs) of the decoder's two-way transformer."""
+    return decoder_call(decoder, decoder.transformer, kwargs).out
 
 
 class PARContext:
@@ -340,19 +377,56 @@ class SAQSAM(PTQPipeline):
         return fixed
 
     def reconstruct(self, model: nn.Module, fp_model: nn.Module, images: list[CalibImage]) -> dict:
+        """Every unit in model order; the official targets (module docstring, 1-3) switch each
+        unit's quantizers off until its turn and put each reconstructed image-encoder unit
+        into the FP model."""
         cfg, s = self.config, self.config.recon_settings()
-        par = PARContext(fp_model, images) if cfg.par else None
-        results = {}
-        for kind, unit in progress(saq_units(model, cfg, images), "reconstruction"):
-            if kind == "stage":
-                key = f"{TRUNK}{unit.start}-{unit.stop - 1}"
-                results[key] = reconstruct_stage(model, fp_model, unit, images, s, par)
-            elif kind == "layer":
-                results[unit] = reconstruct_layer(model, fp_model, unit, images, s, par, cfg.par_alpha, cfg.par_beta)
-            else:
-                scale = cfg.final_iters_scale if kind == "final" else 1.0
-                results[unit] = reconstruct_block(model, fp_model, unit, images, s, round(s.iters * scale))
+        official = cfg.par and cfg.par_targets == "official"
+        units = saq_units(model, cfg, images)
+        waiting = {u: enabled_quantizers(model, unit_modules(*u)) for u in units} if official else {}
+        set_enabled((q for qs in waiting.values() for q in qs), False)
+        par, results = None, {}
+        try:
+            for kind, unit in progress(units, "reconstruction"):
+                set_enabled(waiting.pop((kind, unit), []), True)
+                if kind == "stage":
+                    if par is None or official:  # official: the FP model with the earlier stages in it
+                        par = PARContext(fp_model, images)
+                    key = f"{TRUNK}{unit.start}-{unit.stop - 1}"
+                    results[key] = reconstruct_stage(model, fp_model, unit, images, s, par)
+                elif kind == "layer":
+                    results[unit] = reconstruct_layer(model, fp_model, unit, images, s, cfg.par_alpha, cfg.par_beta,
+                                                      official)
+                else:
+                    scale = cfg.final_iters_scale if kind == "final" else 1.0
+                    results[unit] = reconstruct_block(model, fp_model, unit, images, s, round(s.iters * scale))
+                names = unit_modules(kind, unit)
+                if official and names[0].startswith("image_encoder."):
+                    put_into(fp_model, model, names)
+        finally:
+            set_enabled((q for qs in waiting.values() for q in qs), True)
         return recon_info(results)
+
+
+def unit_modules(kind: str, unit: str | range) -> list[str]:
+    """The module names of one unit of `saq_units` (a stage: its blocks)."""
+    return [f"{TRUNK}{b}" for b in unit] if kind == "stage" else [unit]
+
+
+def enabled_quantizers(model: nn.Module, names: list[str]) -> list[FakeQuantizer]:
+    return [q for n in names for q in model.get_submodule(n).modules() if isinstance(q, FakeQuantizer) and q.enabled]
+
+
+def set_enabled(quantizers: Iterable[FakeQuantizer], on: bool) -> None:
+    for q in quantizers:
+        q.enabled = on
+
+
+def put_into(fp_model: nn.Module, model: nn.Module, names: list[str]) -> None:
+    """Copies of the quantized model's modules replace the FP model's (official target 3)."""
+    for name in names:
+        parent, _, child = name.rpartition(".")
+        setattr(fp_model.get_submodule(parent), child, copy.deepcopy(model.get_submodule(name)))
 
 
 def reconstruct_stage(model: nn.Module, fp_model: nn.Module, stage: range, images: list[CalibImage],
@@ -373,14 +447,19 @@ def reconstruct_stage(model: nn.Module, fp_model: nn.Module, stage: range, image
 
 
 def reconstruct_layer(model: nn.Module, fp_model: nn.Module, name: str, images: list[CalibImage],
-                      s: ReconSettings, par: PARContext, alpha: float, beta: float) -> dict[str, float]:
-    """A two-way transformer layer: beta * (0.01 |q_hat - q|^2 + |k_hat - k|^2) + alpha * PAR."""
-    unit = model.get_submodule(name)
+                      s: ReconSettings, alpha: float, beta: float, official: bool) -> dict[str, float]:
+    """A two-way transformer layer: beta * (0.01 |q_hat - q|^2 + |k_hat - k|^2) + alpha * PAR.
+    `official`: the FP layer's inputs and outputs come from the FP decoder on the quantized
+    decoder inputs (official target 1), else from the FP model's own image path."""
+    unit, fp_unit, fp_dec = model.get_submodule(name), fp_model.get_submodule(name), fp_model.sam_mask_decoder
     q_calls = capture(model, unit, images)
-    fp_calls = capture(fp_model, fp_model.get_submodule(name), images, outputs=True)
     q_dec = capture(model, model.sam_mask_decoder, images)  # the quantized image embeddings
     with torch.no_grad():
-        hs_fp = [transformer_out(fp_model.sam_mask_decoder, c.kwargs)[0] for c in q_dec]
+        if official:
+            fp_calls = [decoder_call(fp_dec, fp_unit, c.kwargs) for c in q_dec]
+        else:
+            fp_calls = capture(fp_model, fp_unit, images, outputs=True)
+        hs_fp = [transformer_out(fp_dec, c.kwargs)[0] for c in q_dec]
 
     def loss(out: tuple, i: int) -> torch.Tensor:
         fp_q, fp_k = fp_calls[i].out
