@@ -74,8 +74,9 @@ def new_figure(n_panels: int, height: float = 4.6):
 
 
 def save(fig, stem: Path) -> None:
-    fig.savefig(stem.with_suffix(".png"), dpi=150, metadata={"Software": None})
-    fig.savefig(stem.with_suffix(".pdf"), metadata={"CreationDate": None, "Producer": None, "Creator": None})
+    """`stem`.png and `stem`.pdf (a stem may contain dots, e.g. a model name)."""
+    fig.savefig(stem.parent / f"{stem.name}.png", dpi=150, metadata={"Software": None})
+    fig.savefig(stem.parent / f"{stem.name}.pdf", metadata={"CreationDate": None, "Producer": None, "Creator": None})
 
 
 def axis_label(m: Metric) -> str:

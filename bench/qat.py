@@ -41,7 +41,9 @@ tensor's learning rate is `lr_quant` x its initial mean magnitude (rounded to a 
 every kind moves by about the same fraction per step (Adam's step is about lr whatever the
 gradient's scale; the papers' single SGD rate does not carry over). Linear warm-up over
 `warmup_frac` of the steps, then cosine decay to 0 (`schedule="cosine"`) or constant;
-gradient-norm clipping (`grad_clip`); `batch_size` samples per step (gradients accumulated),
+gradient-norm clipping (`grad_clip`) over every trained parameter at once
+(`grad_clip_scope: joint`) or over the weights and the quantizer parameters apart (`separate`,
+so a large weight gradient does not shrink the quantizers' step); `batch_size` samples per step (gradients accumulated),
 drawn in seeded random order without replacement per epoch (`seed`, by default the cell's);
 `video_share` is the share of video windows among the samples drawn: by default 0.5, so the
 video path (J&F) and the image path (mIoU) get equal training, whatever the calibration data's
@@ -83,6 +85,7 @@ from bench.sam2_train import features, mask_losses, to_input, track
 SCHEDULES = ("cosine", "constant")
 DISTILL = ("kl", "mse")
 SEG_LOSSES = ("focal", "bce")
+CLIP_SCOPES = ("joint", "separate")
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,7 @@ class QATConfig(QuantConfig):
     warmup_frac: float = 0.05
     schedule: str = "cosine"
     grad_clip: float = 1.0  # 0: off
+    grad_clip_scope: str = "joint"  # one norm over every parameter, or weights and quantizer parameters apart
     clip_frames: int = 4
     distill: str = "kl"
     distill_weight: float = 1.0
@@ -130,6 +134,7 @@ class QATConfig(QuantConfig):
         _choice(self, "schedule", SCHEDULES)
         _choice(self, "distill", DISTILL)
         _choice(self, "seg_loss", SEG_LOSSES)
+        _choice(self, "grad_clip_scope", CLIP_SCOPES)
         for f in ("train_weights", "report_loss"):
             if not isinstance(getattr(self, f), bool):
                 raise BenchError(f"{f}: expected true or false, got {getattr(self, f)!r}")
@@ -234,6 +239,13 @@ def build_samples(calib: CalibData | None, size: int, clip_frames: int) -> list[
     if not samples:
         raise BenchError("quantization-aware training: the calibration data gave no usable sample")
     return samples
+
+
+def calibration_count(calib: CalibData | None) -> int:
+    """How many inputs `calibration_images` yields."""
+    if calib is None:
+        return 0
+    return len(calib.images) + sum(len(_frame_files(c.frames_dir)) for c in calib.clips)
 
 
 def calibration_images(calib: CalibData | None, size: int) -> Iterator[torch.Tensor]:
@@ -414,7 +426,9 @@ def _quantizer_groups(params: list[nn.Parameter], lr_quant: float) -> list[dict]
             for k, ps in sorted(buckets.items())]
 
 
-def make_optimizer(model: nn.Module, cfg: QATConfig) -> tuple[torch.optim.Optimizer, list[nn.Parameter]]:
+def make_optimizer(model: nn.Module, cfg: QATConfig) -> tuple[torch.optim.Optimizer | None, list[list[nn.Parameter]]]:
+    """AdamW over the quantizer parameters and (`train_weights`) the weights, and the sets of
+    parameters whose gradient norm is clipped together (`grad_clip_scope`)."""
     quant = [p for q in learned_quantizers(model).values() for p in q.parameters(recurse=False)]
     ids = {id(p) for p in quant}
     weights = [p for p in model.parameters() if id(p) not in ids]
@@ -427,12 +441,14 @@ def make_optimizer(model: nn.Module, cfg: QATConfig) -> tuple[torch.optim.Optimi
         groups.append({"params": weights, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "base_lr": cfg.lr})
     groups = [g for g in groups if g["params"]]
     params = [p for g in groups for p in g["params"]]
+    trained = weights if cfg.train_weights else []
+    clip_sets = [params] if cfg.grad_clip_scope == "joint" else [s for s in (quant, trained) if s]
     if not groups:
-        return None, params
+        return None, clip_sets
     try:  # the fused kernel: one pass over all parameters (hundreds of small quantizer ones)
-        return torch.optim.AdamW(groups, fused=True), params
+        return torch.optim.AdamW(groups, fused=True), clip_sets
     except (RuntimeError, TypeError):
-        return torch.optim.AdamW(groups), params
+        return torch.optim.AdamW(groups), clip_sets
 
 
 def _peak_memory(device: torch.device) -> dict[str, float | str]:
@@ -446,7 +462,7 @@ def train_step(
     batch: list[tuple[Sample, dict]],
     cfg: QATConfig,
     opt: torch.optim.Optimizer | None,
-    params: list[nn.Parameter],
+    clip_sets: list[list[nn.Parameter]],
     regularizer: Callable[[], torch.Tensor] | None = None,
     quantizers: list | None = None,
 ) -> float:
@@ -468,10 +484,11 @@ def train_step(
         step_loss += float(reg.detach())
     if opt:
         if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            for params in clip_sets:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         if opt.defaults.get("fused"):  # the fused kernel does not count its in-place updates:
-            increment_version(params)  # caches keyed on tensor versions must see them
+            increment_version([p for params in clip_sets for p in params])  # caches keyed on versions see them
     for q in learned_quantizers(model).values() if quantizers is None else quantizers:
         q.post_step()
     return step_loss
@@ -499,7 +516,7 @@ def train(
     if cfg.report_loss:
         info["loss_before"] = evaluate_loss(model, samples, teacher, cfg)
     grad_state = {id(p): p.requires_grad for p in model.parameters()}
-    opt, params = make_optimizer(model, cfg)
+    opt, clip_sets = make_optimizer(model, cfg)
     if opt is None and cfg.steps > 0:
         raise BenchError(f"steps: {cfg.steps} training steps but nothing to train (no learned quantizer "
                          "parameters and train_weights: false); use steps: 0")
@@ -513,7 +530,7 @@ def train(
         for g in opt.param_groups if opt else ():
             g["lr"] = g["base_lr"] * lr_factor(step, cfg)
         batch = [next(order) for _ in range(cfg.batch_size)]
-        step_loss = train_step(model, [(samples[i], teacher[i]) for i in batch], cfg, opt, params, regularizer,
+        step_loss = train_step(model, [(samples[i], teacher[i]) for i in batch], cfg, opt, clip_sets, regularizer,
                                quantizers)
         for m in plain:  # plain weight quantizers follow the trained weights (min/max ranges)
             m.calibrate_weight()

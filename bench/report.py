@@ -48,6 +48,7 @@ import pandas as pd
 
 from bench import BenchError
 from bench.intervals import ITEMS, Paired
+from bench.layer_plots import write_layer_plots
 from bench.paper import PAPER_CSV, VERDICTS, evaluate_claims, load_claims, load_paper, match, model_matches
 from bench.plots import write_plots
 from bench.results import (
@@ -513,7 +514,7 @@ def build_report(cells: pd.DataFrame, name: str, folder: Path) -> None:
     paper = paper_table(cells, load_paper(PAPER_CSV))
     (folder / "tables" / "paper.md").write_text(to_markdown(paper))
     (folder / "tables" / "paper.tex").write_text(to_latex(paper))
-    plots = write_plots(cells, folder / "plots")
+    plots = write_plots(cells, folder / "plots") + write_layer_plots(cells, folder / "plots")
     write_summary(long_form(cells), folder / "summary.csv")
     write_paired(paired_rows(cells), folder / "paired.csv")
     claims = evaluate_claims(cells, load_claims())

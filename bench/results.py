@@ -36,6 +36,12 @@ SCHEMA_VERSION = 2  # 2: top-level `items` and `intervals`; 1 (no items) is stil
 READABLE_VERSIONS = (1, 2)
 CELL_KEY = ("model", "method", "variant", "w_bits", "a_bits", "task")
 MIB = 2**20
+# A method may report per-layer figures of a weight re-fit in `method_info["layers"]`: one dict
+# per layer with "layer", "norm_before"/"norm_after", "var_before"/"var_after" (the weight's
+# Frobenius norm and variance), "q_before"/"q_after" (its quantiles at LAYER_QUANTILES) and
+# "qerr_before"/"qerr_after" (the quantized layer's initial relative output error); the report
+# plots them.
+LAYER_QUANTILES = (0.001, 0.01, 0.25, 0.5, 0.75, 0.99, 0.999)
 
 
 # -- the metric schema ---------------------------------------------------------------------------
@@ -256,7 +262,7 @@ def seed_of(rec: dict[str, Any]) -> int:
 
 # -- the cells of a sweep ------------------------------------------------------------------------
 CELL_COLUMNS = [*CELL_KEY, "status", "error", "metrics", "items", "intervals", "seeds", "spread", "data",
-                "dataset", "raw_variant", "tag"]
+                "dataset", "raw_variant", "tag", "layers"]
 
 
 def data_used(rec: dict[str, Any]) -> str:
@@ -278,7 +284,7 @@ def _cell_row(recs: list[dict[str, Any]]) -> dict[str, Any]:
            "status": failed[0]["status"] if failed else "ok", "error": error.splitlines()[0] if error else "",
            "metrics": {}, "items": [], "intervals": {}, "seeds": [seed_of(r) for r in recs], "spread": {},
            "data": data_used(first), "dataset": first.get("dataset") or "", "raw_variant": first.get("variant") or "",
-           "tag": first.get("tag") or ""}
+           "tag": first.get("tag") or "", "layers": (first.get("method_info") or {}).get("layers") or []}
     if failed:
         return row
     if len(recs) == 1:

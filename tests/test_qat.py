@@ -316,7 +316,8 @@ def test_vrc_refit_solves_least_squares_and_beats_rtn_on_held_out_data(micro_fp,
     rtn = copy.deepcopy(micro_fp)
     make_method("rtn", w_bits=4, a_bits=4, components=["image_encoder"]).apply(rtn, calib_imgs)
     model = copy.deepcopy(micro_fp)
-    method = make_method("qsam2", w_bits=4, a_bits=4, components=["image_encoder"], lsc=False, steps=0)
+    method = make_method("qsam2", w_bits=4, a_bits=4, components=["image_encoder"], lsc=False, steps=0,
+                         vrc_input="quantized")
     method.apply(model, calib_imgs)
     assert method.info["vrc_layers"] == len(encoder_linears(model)) > 10
     layers, rtn_layers = encoder_linears(model), encoder_linears(rtn)

@@ -334,3 +334,28 @@ def test_rows_put_fp_then_rtn_above_the_methods():
     methods = ["saqsam", "lsq", "rtn", "ptq4sam", "fp", "aaa"]
     ranked = sorted(methods, key=lambda m: cell_order(MODEL, m, "", 4, 4, "vos"))
     assert ranked == ["fp", "rtn", "aaa", "lsq", "ptq4sam", "saqsam"]
+
+
+def test_per_layer_plots_of_a_weight_refit(tmp_path):
+    """Cells whose `method_info` has per-layer figures get one plot per configuration (vos and
+    instseg cells share it); cells without them get none."""
+    from bench.results import LAYER_QUANTILES
+
+    folder = tmp_path / "refit"
+    folder.mkdir()
+    layers = [{"layer": f"image_encoder.trunk.blocks.{i}.mlp", "norm_before": 2.0, "norm_after": 1.9,
+               "var_before": 0.1, "var_after": 0.09, "q_before": [q - 0.5 for q in LAYER_QUANTILES],
+               "q_after": [0.9 * (q - 0.5) for q in LAYER_QUANTILES], "qerr_before": 0.1 / (i + 1),
+               "qerr_after": 0.05 / (i + 1)} for i in range(4)]
+    for task in ("vos", "instseg"):
+        for method, variant, w, a in (("fp", "", None, None), ("qsam2", "vrc-only", 2, 4), ("rtn", "", 2, 4)):
+            rec = record(method, variant, w, a, task, VALUES[("fp", "", None, None)][task])
+            rec["cell_id"] += "x"
+            if method == "qsam2":
+                rec["method_info"] = {"layers": layers}
+            (folder / f"{rec['cell_id']}.json").write_text(json.dumps(rec))
+    out = tmp_path / "report"
+    assert main([str(folder), "--out", str(out)]) == 0
+    plots = sorted(p.name for p in (out / "plots").glob("layers_*"))
+    assert plots == ["layers_sam2.1-t_qsam2_vrc-only_W2A4.pdf", "layers_sam2.1-t_qsam2_vrc-only_W2A4.png"]
+    assert "plots/layers_sam2.1-t_qsam2_vrc-only_W2A4.png" in (out / "README.md").read_text()
