@@ -14,7 +14,8 @@ def main(argv: list[str] | None = None) -> int:
     argparse.ArgumentParser(prog="python -m bench.list", description=__doc__).parse_args(argv)
     print("models:")
     for name, entry in MODELS.items():
-        print(f"  {name:10s} {entry.description}  [checkpoint {entry.checkpoint}]")
+        print(f"  {name:10s} {entry.description}  [family {entry.family}; tasks {', '.join(entry.tasks)}; "
+              f"checkpoint {entry.checkpoint}]")
     print("methods:")
     for name in METHODS.names():
         doc = (sys.modules[METHODS.get(name).__module__].__doc__ or "").strip()

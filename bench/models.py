@@ -1,8 +1,10 @@
-"""The model zoo: official SAM2 / SAM2.1 sizes and the built-in `micro` model.
+"""The model zoo: official SAM2 / SAM2.1 sizes, the built-in `micro` model, and SAM (v1)
+ViT-B / ViT-L / ViT-H, the models PTQ4SAM and SAQ-SAM were published on.
 
-Every model is built as a `SAM2VideoPredictor` (a SAM2Base subclass), so the same object
+Every SAM2 model is built as a `SAM2VideoPredictor` (a SAM2Base subclass), so the same object
 serves video propagation and, wrapped in `SAM2ImagePredictor`, box-prompted images. Hydra is
-used only here, through sam2's own config files.
+used only here, through sam2's own config files. SAM models are `segment_anything`'s `Sam`,
+built by its own `sam_model_registry`; they have no video path.
 """
 
 from __future__ import annotations
@@ -20,17 +22,31 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 ASSET_DIR = Path(__file__).parent / "assets"
 
 
+SAM2_TASKS = ("size", "vos", "instseg", "coco-map")
+SAM_TASKS = ("size", "instseg", "coco-map")  # images only: SAM has no memory, so no vos
+
+
 @dataclass(frozen=True)
 class ModelEntry:
     name: str
-    config: str  # relative to sam2's package dir, or an absolute path for our own configs
+    # sam2: config file relative to sam2's package dir, or an absolute path for our own
+    # configs; sam: the key of segment_anything's `sam_model_registry` (vit_b, vit_l, vit_h)
+    config: str
     checkpoint: str  # official file name, looked up in the checkpoint folder
     description: str
+    family: str = "sam2"  # sam2 | sam
+    tasks: tuple[str, ...] = SAM2_TASKS
 
 
 def _official(name: str, version: str, size: str, long: str, params: str) -> ModelEntry:
     cfg = f"configs/{version}/{version}_hiera_{size}.yaml"
     return ModelEntry(name, cfg, f"{version}_hiera_{long}.pt", f"SAM {version[3:]} Hiera-{long} ({params})")
+
+
+def _sam(size: str, checkpoint: str, params: str) -> ModelEntry:
+    """SAM (v1) as segment_anything's build_sam.py builds it, with the official file name."""
+    return ModelEntry(f"sam-{size}", f"vit_{size}", checkpoint, f"SAM ViT-{size.upper()} ({params}), 1024x1024",
+                      family="sam", tasks=SAM_TASKS)
 
 
 MODELS: dict[str, ModelEntry] = {
@@ -48,6 +64,9 @@ MODELS: dict[str, ModelEntry] = {
             "micro", str(CONFIG_DIR / "sam2_micro.yaml"), "sam2_micro.pt",
             "built-in SAM2.1-architecture model, 2.5M params, 256x256 input, ships with the project",
         ),
+        _sam("b", "sam_vit_b_01ec64.pth", "93.7M"),
+        _sam("l", "sam_vit_l_0b3195.pth", "312.3M"),
+        _sam("h", "sam_vit_h_4b8939.pth", "641.1M"),
     ]
 }
 
@@ -63,6 +82,13 @@ def model_entry(name: str) -> ModelEntry:
     if name not in MODELS:
         raise BenchError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
     return MODELS[name]
+
+
+def check_task(name: str, task: str) -> None:
+    """A one-line error when the model cannot run the task (vos on a SAM model)."""
+    entry = model_entry(name)
+    if task not in entry.tasks:
+        raise BenchError(f"model {name} ({entry.family}) cannot run task {task!r}; its tasks: {', '.join(entry.tasks)}")
 
 
 def default_device() -> str:
@@ -100,18 +126,34 @@ def _config(entry: ModelEntry):
     return cfg
 
 
-def load_state(path: Path, expected: str) -> dict[str, torch.Tensor]:
-    """The `model` state dict of a SAM2 checkpoint, loaded without unpickling code."""
+def load_state(path: Path, expected: str, family: str = "sam2") -> dict[str, torch.Tensor]:
+    """The state dict of a checkpoint, loaded without unpickling code: a SAM2 checkpoint holds
+    it under `model`; a SAM (v1) `.pth` is the bare state dict (segment_anything's
+    build_sam.py, `_build_sam`, loads the file straight into `Sam.load_state_dict`)."""
     if not path.is_file():
         raise BenchError(f"checkpoint not found: {path} (expected the file {expected})")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt file, pickle with code, truncated download
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise BenchError(f"checkpoint {path}: cannot be read as a SAM2 checkpoint ({expected}): {msg}") from None
+        label = "a SAM2" if family == "sam2" else "a SAM"
+        raise BenchError(f"checkpoint {path}: cannot be read as {label} checkpoint ({expected}): {msg}") from None
+    if family == "sam":
+        return _sam_state(ckpt, path, expected)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
         raise BenchError(f"checkpoint {path}: no 'model' state dict inside (expected the file {expected})")
     return ckpt["model"]
+
+
+def _sam_state(ckpt: object, path: Path, expected: str) -> dict[str, torch.Tensor]:
+    """A SAM (v1) checkpoint's bare state dict; a SAM2 checkpoint (`model` inside) or anything
+    else that is not a dict of tensors is a one-line error."""
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict):
+        raise BenchError(f"checkpoint {path}: a SAM2-style checkpoint ('model' state dict inside), not a SAM "
+                         f"(v1) state dict; expected the file {expected}")
+    if not isinstance(ckpt, dict) or not ckpt or not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        raise BenchError(f"checkpoint {path}: not a SAM (v1) state dict of tensors (expected the file {expected})")
+    return ckpt
 
 
 def build_model(
@@ -121,19 +163,30 @@ def build_model(
     device: str | None = None,
     seed: int = 0,
 ) -> nn.Module:
-    """A SAM2VideoPredictor in eval mode, with the official weights unless `random_init`."""
-    from hydra.utils import instantiate
-
+    """A SAM2VideoPredictor (SAM2 family) or a segment_anything `Sam` (SAM family) in eval
+    mode, with the official weights unless `random_init`."""
     entry = model_entry(name)
-    quiet_sam2_progress()
     path = None if random_init else checkpoint_path(name, checkpoints)
-    state = load_state(path, entry.checkpoint) if path is not None else None
+    state = load_state(path, entry.checkpoint, entry.family) if path is not None else None
     torch.manual_seed(seed)
-    model = instantiate(_config(entry).model, _recursive_=True)
+    model = _instantiate(entry)
     if state is not None:
         _check_state(model, state, f"checkpoint {path}: does not match model {name}", entry.checkpoint)
         model.load_state_dict(state)
     return model.to(device or default_device()).eval()
+
+
+def _instantiate(entry: ModelEntry) -> nn.Module:
+    """The randomly initialized model of an entry: sam2's Hydra config, or segment_anything's
+    `sam_model_registry` builder without a checkpoint (its own loader unpickles freely)."""
+    if entry.family == "sam":
+        from segment_anything import sam_model_registry
+
+        return sam_model_registry[entry.config](checkpoint=None)
+    from hydra.utils import instantiate
+
+    quiet_sam2_progress()
+    return instantiate(_config(entry).model, _recursive_=True)
 
 
 def quiet_sam2_progress() -> None:
@@ -169,8 +222,15 @@ def count_params(model: nn.Module) -> int:
 
 def image_predictor(model: nn.Module):
     """sam2's `SAM2ImagePredictor` for `model`, with backbone feature sizes derived from the
-    model's input size (sam2 hard-codes those of the 1024x1024 models)."""
+    model's input size (sam2 hard-codes those of the 1024x1024 models); for a SAM (v1) model,
+    segment_anything's predictor with the same `predict(box=N x 4)` interface."""
     from sam2.sam2_image_predictor import SAM2ImagePredictor
+    from segment_anything.modeling import Sam
+
+    if isinstance(model, Sam):
+        from bench.sam_predictor import SamBoxPredictor
+
+        return SamBoxPredictor(model)
 
     predictor = SAM2ImagePredictor(model)
     size = model.image_size

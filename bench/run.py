@@ -22,7 +22,7 @@ from bench.cell import Cell, dataset_label, ensure_data, resolve
 from bench.data.vos import VOS_FORMATS, check_format
 from bench.intervals import intervals
 from bench.method import Method, check_quantizers_active
-from bench.models import build_model, default_device, model_entry
+from bench.models import build_model, check_task, default_device, model_entry
 from bench.record import environment
 from bench.results import write_json_atomic
 from bench.tasks import TASKS, TaskContext
@@ -32,6 +32,7 @@ def validate(cell: Cell) -> Method:
     """Check the cell's model, task, method and options; returns the method instance."""
     model_entry(cell.model)
     TASKS.target(cell.task)
+    check_task(cell.model, cell.task)
     check_format(cell.vos_format)
     if cell.track_later and cell.vos_format == "davis":
         raise BenchError("--track-later-objects needs a set in the sav or mose format: the DAVIS 2017 evaluator "
@@ -41,10 +42,12 @@ def validate(cell: Cell) -> Method:
 
 def load_calibration(cell: Cell, work_dir: Path) -> CalibData:
     """`--calib-dir` images, else `calib_n` images and `calib_n` frames from the train splits
-    of the cell's datasets (the same for every method of the cell)."""
+    of the cell's datasets (the same for every method of the cell); images only for a model
+    without a video path (SAM)."""
     if cell.calib_dir is not None:
         return CalibData.from_image_dir(cell.calib_dir, cell.calib_n)
-    return CalibData.from_datasets(cell.davis_root, cell.coco_root, cell.calib_n, work_dir, cell.vos_format)
+    video_root = cell.davis_root if "vos" in model_entry(cell.model).tasks else None
+    return CalibData.from_datasets(video_root, cell.coco_root, cell.calib_n, work_dir, cell.vos_format)
 
 
 class SharedWork:
