@@ -201,6 +201,10 @@ def load(path: str | Path) -> Sweep:
                 skipped.append(f"{entry['name']} W{w or 'fp'}A{a or 'fp'}: {e}")
                 continue
             for model, seed, task in itertools.product(models, seeds, tasks):
+                if task not in MODELS[model].tasks:  # e.g. vos on a SAM (v1) model: no video path
+                    note = f"{model} {task}: model family {MODELS[model].family} has no {task} task"
+                    skipped += [] if note in skipped else [note]
+                    continue
                 cell = resolve(Cell(model=model, method=entry["name"], task=task, w_bits=w, a_bits=a,
                                     method_options=options, tag=entry["tag"], seed=seed, **base),
                                method.needs_data())

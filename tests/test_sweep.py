@@ -432,3 +432,18 @@ executor: {kind: debug}
     final = records(folder)
     assert len(final) == 7 and all(r["status"] == "ok" for r in final.values())
     assert all(final[cid] == json.loads(text) for cid, text in seen.items())
+
+
+def test_tasks_a_model_family_lacks_are_dropped_with_a_reason(tmp_path):
+    """SAM (v1) has no video path: its vos cells are left out of the grid, each reason once."""
+    path = tmp_path / "mixed.yaml"
+    path.write_text("""
+models: [micro, sam-b]
+methods: [fp, rtn]
+bits: [[4, 4]]
+tasks: [vos, size]
+""")
+    sweep = load(path)
+    assert sorted((c.cell.model, c.cell.task) for c in sweep.cells if c.cell.method == "rtn") == [
+        ("micro", "size"), ("micro", "vos"), ("sam-b", "size")]
+    assert [s for s in sweep.skipped if "sam-b" in s] == ["sam-b vos: model family sam has no vos task"]

@@ -17,9 +17,11 @@ from pathlib import Path
 
 from bench.models import MODELS
 
+SAM2_MODELS = [name for name, entry in MODELS.items() if entry.family == "sam2"]  # the README's grid
+
 
 def grid(n_models: int) -> str:
-    models = ", ".join(list(MODELS)[:n_models])
+    models = ", ".join(SAM2_MODELS[:n_models])
     return f"""
 name: dryrun
 models: [{models}]
@@ -31,7 +33,7 @@ tasks: [size, vos, instseg, coco-map]
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", type=int, default=len(MODELS), help="how many zoo models in the grid")
+    ap.add_argument("--models", type=int, default=len(SAM2_MODELS), help="how many SAM2 zoo models in the grid")
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
