@@ -24,6 +24,13 @@ methods (SAQ-SAM's official code is a fork of PTQ4SAM's and keeps BIG and AGQ).
   reconstruct and the image path reaches; memory modules keep their calibrated statistics),
   by `bench.recon` (QDrop, AdaRound, LSQ step sizes); 20,000 iterations per unit, batch 1.
 
+On SAM (v1), as the official code runs it (ptq4sam/model/quant_model.py): the same BIG
+targets (`bimodal_adjust`: decoder attentions named `*token_to_image`) and k observer (every
+`QuantDecoderOurAttentionBlock`), AGQ on every softmax (encoder and decoder attention blocks),
+the encoder attention's relative positions from the quantized q (`rel_pos_q`,
+`QuantEncoderOurAttentionBlock.forward`), reconstruction units of `bench.recon.block_units`
+(each ViT block's attention and MLP, the whole neck, the decoder's attentions and MLPs).
+
 Choices where the paper and code are silent on SAM2 (config fields): the sign of a channel
 whose mean is exactly 0 is +1 (the official code would zero it); a bimodality test on
 `big_targets: decoder` extends BIG to every decoder attention; `recon_images` caps the
@@ -47,10 +54,11 @@ from bench import BenchError, progress
 from bench.calib import CalibData, CalibImage
 from bench.method import Method, QuantConfig
 from bench.quant import quant_attentions, quant_layers, wrap
+from bench.quant.attention import QuantSamEncoderAttention
 from bench.quant.calibrate import calibrate_activations, calibrate_weights
 from bench.quant.log2 import Log2Quantizer
 from bench.quant.observers import ACT_OBSERVERS, WEIGHT_OBSERVERS, LpSearch, PTQQuantizer, calibrate_weights_lp
-from bench.quant.scope import COMPONENTS
+from bench.quant.scope import COMPONENTS, component_of
 from bench.recon import ReconSettings, block_units, frozen_params, recon_info, reconstruct_block, run_image_path
 
 BIG_TARGETS = ("token_to_image", "decoder")
@@ -178,12 +186,16 @@ def fold_signs(attn: nn.Module, gamma: torch.Tensor) -> None:
 
 
 def big_targets(model: nn.Module, which: str) -> dict[str, nn.Module]:
+    """The mask decoder's attentions BIG tests: SAM2's `Attention` (not memory attention's
+    RoPE one) or SAM's; by default the token-to-image ones (official `bimodal_adjust`:
+    `QuantDecoderOurAttentionBlock` named `*token_to_image`)."""
     from sam2.modeling.sam.transformer import Attention, RoPEAttention
+    from segment_anything.modeling.transformer import Attention as SamAttention
 
     return {
         n: m for n, m in model.named_modules()
-        if n.startswith("sam_mask_decoder.") and isinstance(m, Attention) and not isinstance(m, RoPEAttention)
-        and (which == "decoder" or n.endswith("token_to_image"))
+        if component_of(n) == "mask_decoder" and isinstance(m, (Attention, SamAttention))
+        and not isinstance(m, RoPEAttention) and (which == "decoder" or n.endswith("token_to_image"))
     }
 
 
@@ -220,7 +232,7 @@ def install_quantizers(model: nn.Module, cfg: PTQConfig) -> None:
         for slot in ("q_quant", "k_quant", "v_quant"):
             spec = getattr(attn, slot).spec
             if spec is not None:
-                big_k = cfg.big and slot == "k_quant" and name.startswith("sam_mask_decoder.")
+                big_k = cfg.big and slot == "k_quant" and component_of(name) == "mask_decoder"
                 setattr(attn, slot, PTQQuantizer(spec, cfg.big_k_observer if big_k else cfg.act_observer, search))
         spec = attn.p_quant.spec
         if spec is not None:
@@ -236,6 +248,9 @@ class PTQPipeline(Method):
     statistics pass) and `reconstruct` (its own reconstruction)."""
 
     Config = PTQConfig
+    # SAM's encoder attention: the relative-position term from the quantized q, as PTQ4SAM's
+    # `QuantEncoderOurAttentionBlock.forward` (ptq4sam/model/quant_model.py) computes it
+    rel_pos_q = "quantized"
 
     def needs_data(self) -> bool:
         c = self.config
@@ -259,6 +274,9 @@ class PTQPipeline(Method):
         cfg = self.config
         fp_model = copy.deepcopy(model).eval() if cfg.recon else None
         wrap(model, cfg.plan())
+        for attn in quant_attentions(model).values():
+            if isinstance(attn, QuantSamEncoderAttention):
+                attn.rel_pos_q = self.rel_pos_q
         install_quantizers(model, cfg)
         if cfg.big:
             self.info["big_bimodal"] = bimodal_integration(model, self.images(calib)[0], cfg)

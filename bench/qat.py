@@ -3,7 +3,7 @@
 A QAT method subclasses `QATMethod` and writes `prepare` (and maybe `regularizer`); its
 `apply` is `quantize_and_train(model, calib, cfg, prepare, regularizer)`, which runs:
 
-    samples = build_samples(calib, model.image_size, cfg.clip_frames)
+    samples = model_samples(calib, model, cfg.clip_frames)
     teacher = teacher_outputs(model, samples)       # the FP model, before quantizing it
     prepare(model)                                  # the method: wrap, quantizers, calibration
     info = train(model, samples, teacher, cfg)      # distillation (+ GT loss) on the samples
@@ -19,6 +19,10 @@ Training data are the cell's calibration data (`CalibData`, the same for every m
 The student runs the same code as evaluation, SAM2Base's `_track_step` (see
 bench.sam2_train), with the model in eval mode (no dropout or drop-path, eval-time memory
 selection), so with its quantizers off it computes exactly the teacher's outputs.
+A SAM (v1) model has images only: its samples are made and run as its predictor makes and
+runs them (bench.sam_predictor: `sam_input`, `sam_forward`; longest side resized and padded,
+single-mask output; the feature term on the image embedding; no object-score head, so the
+object terms are constant).
 
 Loss per sample: `distill_weight` x the mask-logit distillation (`distill="kl"`: per-pixel
 Bernoulli KL(teacher || student) of the low-resolution mask logits, all masks of the output;
@@ -81,6 +85,7 @@ from bench.quant.fake import FakeQuantizer
 from bench.quant.learned import freeze_quantizers, learned_quantizers
 from bench.quant.modules import QuantLayer
 from bench.sam2_train import features, mask_losses, to_input, track
+from bench.sam_predictor import is_sam, sam_forward, sam_input, sam_masks
 
 SCHEDULES = ("cosine", "constant")
 DISTILL = ("kl", "mse")
@@ -231,6 +236,30 @@ def clip_samples(calib: CalibData, size: int, window: int) -> list[ClipSample]:
     return out
 
 
+def sam_image_samples(calib: CalibData, model: nn.Module) -> list[ImageSample]:
+    """SAM (v1): image samples made as its predictor makes them (longest side resized, padded;
+    boxes and GT masks in that frame, bench.sam_predictor); SAM has no video path."""
+    out = []
+    for item in calib.images:
+        x, transform = sam_input(model, item.image)
+        boxes = torch.from_numpy(transform.apply_boxes(item.boxes.astype(np.float32), item.image.shape[:2]))
+        size = x.shape[-1]
+        masks = None if item.masks is None else sam_masks(item.masks, transform, size)
+        out.append(ImageSample(x.cpu(), boxes.float().reshape(-1, 2, 2), masks))
+    if not out:
+        raise BenchError("quantization-aware training of a SAM model needs calibration images")
+    return out
+
+
+def model_samples(calib: CalibData | None, model: nn.Module, clip_frames: int) -> list[Sample]:
+    """`build_samples` at the model's input size, or SAM's image samples."""
+    if is_sam(model):
+        if calib is None:
+            raise BenchError("quantization-aware training needs calibration data (images)")
+        return sam_image_samples(calib, model)
+    return build_samples(calib, model.image_size, clip_frames)
+
+
 def build_samples(calib: CalibData | None, size: int, clip_frames: int) -> list[Sample]:
     """Training samples of the calibration data: images first, then video windows."""
     if calib is None or len(calib) == 0:
@@ -260,8 +289,20 @@ def calibration_images(calib: CalibData | None, size: int) -> Iterator[torch.Ten
             yield to_input([read_rgb(f)], size)
 
 
+def encoder_inputs(calib: CalibData | None, model: nn.Module) -> Iterator[torch.Tensor]:
+    """`calibration_images` as the model's image encoder takes them (SAM: as its predictor
+    preprocesses them)."""
+    if not is_sam(model):
+        yield from calibration_images(calib, model.image_size)
+        return
+    for item in calib.images if calib is not None else ():
+        yield sam_input(model, item.image)[0]
+
+
 # -- forward passes ------------------------------------------------------------------------------
 def _image_forward(model: nn.Module, s: ImageSample) -> dict:
+    if is_sam(model):
+        return sam_forward(model, s.image, s.boxes)
     feats, pos, sizes = features(model, s.image)
     k = len(s.boxes)
     points = {"point_coords": s.boxes, "point_labels": torch.tensor([[2, 3]] * k, dtype=torch.int32,
@@ -565,7 +606,7 @@ def quantize_and_train(
     samples, teacher = None, None
     if cfg.steps > 0:
         t = time.perf_counter()
-        samples = build_samples(calib, model.image_size, cfg.clip_frames)
+        samples = model_samples(calib, model, cfg.clip_frames)
         teacher = teacher_outputs(model, samples)
         info["teacher_s"] = time.perf_counter() - t
     t = time.perf_counter()

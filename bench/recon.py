@@ -327,13 +327,26 @@ class frozen_params:
 
 
 # -- units -------------------------------------------------------------------------------------
-def block_units(model: nn.Module, components: tuple[str, ...], images: list[CalibImage]) -> list[str]:
-    """Reconstruction units at the official QuantizedBlock/QuantizedLayer granularity: each
-    quantized attention module, each MLP holding quantized layers, and each other quantized
-    Linear/Conv, within `components`. Sorted in the order they first run on the image path (one
-    pass over the first image; registration order differs, e.g. a Hiera block's `proj` shortcut
-    runs before its `attn` but is registered after its `mlp`)."""
+def is_block(name: str, m: nn.Module) -> bool:
+    """A module the official code reconstructs as one `QuantizedBlock` (PTQ4SAM's
+    ptq4sam/model/quant_model.py; `recon_model` in ptq4sam/solver/test_quant.py takes every
+    QuantizedLayer/QuantizedBlock child): an attention, an MLP (SAM2's `MLP`, SAM's `MLPBlock`:
+    `QuantMLPBlock`), SAM's ViT neck as a whole (`QuantNeck`: conv, LayerNorm2d, conv,
+    LayerNorm2d; SAM2's FPN neck is not a Sequential), or a quantized Linear/Conv."""
     from sam2.modeling.sam2_utils import MLP
+    from segment_anything.modeling.common import MLPBlock
+
+    sam_neck = name == "image_encoder.neck" and isinstance(m, nn.Sequential)
+    return isinstance(m, (QuantAttentionMixin, MLP, MLPBlock, QuantLayer)) or sam_neck
+
+
+def block_units(model: nn.Module, components: tuple[str, ...], images: list[CalibImage]) -> list[str]:
+    """Reconstruction units at the official QuantizedBlock/QuantizedLayer granularity
+    (`is_block`) holding active quantizers, within `components`. Sorted in the order they
+    first run on the image path (one pass over the first image; registration order differs,
+    e.g. a Hiera block's `proj` shortcut runs before its `attn` but is registered after its
+    `mlp`). On SAM's ViT: each block's `attn` and `mlp`, then the neck; in the decoder each
+    layer's attentions and MLP, then `final_attn_token_to_image`."""
 
     def quantized(m: nn.Module) -> bool:
         return any(isinstance(q, FakeQuantizer) and q.active for q in m.modules())
@@ -342,7 +355,7 @@ def block_units(model: nn.Module, components: tuple[str, ...], images: list[Cali
     for name, m in model.named_modules():
         if not name or component_of(name) not in components or any(name.startswith(u + ".") for u in names):
             continue
-        if isinstance(m, (QuantAttentionMixin, MLP, QuantLayer)) and quantized(m):
+        if is_block(name, m) and quantized(m):
             names.append(name)
     first_call: dict[str, int] = {}
 

@@ -1,4 +1,5 @@
-"""`ptq4sam`: PTQ4SAM (Lv et al., CVPR 2024), as its official code does it, on SAM2.
+"""`ptq4sam`: PTQ4SAM (Lv et al., CVPR 2024), as its official code does it, on SAM2 and on
+SAM (v1), the models it was published on.
 
 Paper: "PTQ4SAM: Post-Training Quantization for Segment Anything", arXiv 2405.03144; official
 code: github.com/chengtao-lv/PTQ4SAM.

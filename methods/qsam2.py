@@ -79,7 +79,7 @@ from tqdm import tqdm
 
 from bench import BenchError
 from bench.calib import CalibData
-from bench.qat import QATConfig, QATMethod, calibration_count, calibration_images
+from bench.qat import QATConfig, QATMethod, calibration_count, encoder_inputs
 from bench.quant import wrap
 from bench.quant.calibrate import calibrate_activations
 from bench.quant.fake import FakeQuantizer
@@ -268,7 +268,7 @@ def vrc(model: nn.Module, calib: CalibData | None, cfg: QSAM2Config) -> dict:
                 stats[name] = _Stats(layers[name], input_quantized[name], cfg, rows, seed=list(layers).index(name))
                 hooks.append(layers[name].register_forward_pre_hook(stats[name]))
             try:
-                for x in calibration_images(calib, model.image_size):
+                for x in encoder_inputs(calib, model):
                     model.image_encoder(x.to(device))
             finally:
                 for h in hooks:

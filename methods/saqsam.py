@@ -1,4 +1,4 @@
-"""`saqsam`: SAQ-SAM (arXiv 2503.06515), as its official code does it, on SAM2.
+"""`saqsam`: SAQ-SAM (arXiv 2503.06515), as its official code does it, on SAM2 and SAM.
 
 The official code is a fork of PTQ4SAM's; this method runs the same pipeline (bench/ptq.py:
 BIG, AGQ, observers, block reconstruction) with its own settings. Switches `pcc`, `recon`,
@@ -59,6 +59,16 @@ BIG, AGQ, observers, block reconstruction) with its own settings. Switches `pcc`
 Variant labels: "PCC+PAR" (default), "PCC", "PAR", "recon" (neither), "stats" (no PCC, no
 reconstruction), then PTQ4SAM's "-noBIG", "-noAGQ", "+evalbug", and "+par_targets=fp".
 
+On SAM (v1), the models the official code runs on, its own choices hold where they differ from
+the SAM2 adaptation above: a stage is the ViT blocks up to a global-attention block
+(`QuantImageEncoderOurViT` in its ptq4sam/model/quant_model.py, built from `Stage`s); PAR
+skips the later blocks (`SamPARContext`: the stage's output goes straight to the FP neck and
+the FP two-way transformer, `transform_image_token` / `get_CIT` in ptq4sam/solver/recon.py,
+and the target is that path from the FP stage's output); the neck is one unit with plain
+block reconstruction (`reconstruction_IE` hands `neck` to `reconstruction_blk`); the encoder
+attention's relative positions come from the FP q (`rel_pos_q`: its
+`QuantEncoderOurAttentionBlock.forward`).
+
 Choices where the code is silent on SAM2 (config fields): the PAR path through the later FP
 stages (above); under the official targets the FP model also gets the reconstructed neck
 convolutions (SAM2's image encoder is trunk and neck), not conv_s0/s1 (mask-decoder
@@ -83,6 +93,7 @@ from bench.calib import CalibData, CalibImage
 from bench.ptq import PTQConfig, PTQPipeline, check, is_number
 from bench.quant import quant_attentions
 from bench.quant.fake import FakeQuantizer
+from bench.quant.scope import component_of
 from bench.recon import (
     Call,
     ReconSettings,
@@ -96,14 +107,16 @@ from bench.recon import (
     run_image_path,
     train,
 )
+from bench.sam_predictor import is_sam
 
 PCC_PERCENTILES = (
     0.85, 0.87, 0.88, 0.89, 0.90, 0.91, 0.92, 0.93, 0.94, 0.95, 0.960, 0.965, 0.970, 0.975, 0.980,
     0.983, 0.985, 0.987, 0.989, 0.99, 0.993, 0.995, 0.997, 0.999, 0.9993, 0.9995, 0.9997, 0.9999, 0.99999,
 )
-TRUNK = "image_encoder.trunk.blocks."
-LAYER = re.compile(r"(sam_mask_decoder\.transformer\.layers\.\d+)(\.|$)")
+TRUNK = "image_encoder.trunk.blocks."  # SAM2's Hiera blocks; SAM's ViT blocks: image_encoder.blocks.
+LAYER = re.compile(r"((?:sam_)?mask_decoder\.transformer\.layers\.\d+)(\.|$)")
 FINAL = "sam_mask_decoder.transformer.final_attn_token_to_image"
+FINAL_SUFFIX = "mask_decoder.transformer.final_attn_token_to_image"  # SAM2's and SAM's
 PAR_TARGETS = ("official", "fp")
 
 
@@ -222,7 +235,7 @@ def pcc_slots(attn: nn.Module) -> list[tuple[str, FakeQuantizer]]:
 def pcc_calibrate(model: nn.Module, image: CalibImage, cfg: SAQSAMConfig) -> tuple[set[int], dict[str, float]]:
     """PCC on every mask-decoder attention (see the module docstring); returns the ids of the
     quantizers it set and the chosen percentile per quantizer."""
-    targets = {n: m for n, m in quant_attentions(model).items() if n.startswith("sam_mask_decoder.")}
+    targets = {n: m for n, m in quant_attentions(model).items() if component_of(n) == "mask_decoder"}
     refs: dict[str, torch.Tensor] = {}
     chosen: dict[str, float] = {}
     busy = set()
@@ -297,6 +310,19 @@ def transformer_out(decoder: nn.Module, kwargs: dict) -> tuple[torch.Tensor, tor
     return decoder_call(decoder, decoder.transformer, kwargs).out
 
 
+def decoder_of(model: nn.Module) -> nn.Module:
+    return model.mask_decoder if is_sam(model) else model.sam_mask_decoder
+
+
+def blocks_of(model: nn.Module) -> nn.Module:
+    """The module holding the encoder's `blocks`: SAM2's Hiera trunk, SAM's ViT."""
+    return model.image_encoder if is_sam(model) else model.image_encoder.trunk
+
+
+def blocks_prefix(model: nn.Module) -> str:
+    return "image_encoder.blocks." if is_sam(model) else TRUNK
+
+
 class PARContext:
     """Per-image data of the prompt-aware losses: the FP decoder's inputs (prompt embeddings,
     image PE) and the FP transformer's outputs, and the FP trunk's level shapes."""
@@ -305,13 +331,14 @@ class PARContext:
         self.fp = fp_model
         self.kwargs: list[dict] = []
         self.targets: list[tuple[torch.Tensor, torch.Tensor]] = []
-        dec = fp_model.sam_mask_decoder
+        dec = decoder_of(fp_model)
         hooks = [
             dec.register_forward_pre_hook(lambda _m, _a, kw: self.kwargs.append(detach(kw)), with_kwargs=True),
             dec.transformer.register_forward_hook(lambda _m, _a, out: self.targets.append(detach(out))),
-            fp_model.image_encoder.trunk.register_forward_hook(
-                lambda _m, _a, out: setattr(self, "levels", [o.shape for o in out])),
         ]
+        if not is_sam(fp_model):
+            hooks.append(fp_model.image_encoder.trunk.register_forward_hook(
+                lambda _m, _a, out: setattr(self, "levels", [o.shape for o in out])))
         try:
             run_image_path(fp_model, images)
         finally:
@@ -338,16 +365,46 @@ class PARContext:
             emb = emb + self.fp.no_mem_embed.reshape(1, -1, 1, 1)
         return transformer_out(self.fp.sam_mask_decoder, {**self.kwargs[i], "image_embeddings": emb})[1]
 
+    def stage_targets(self, fp_model: nn.Module, stage: range, images: list[CalibImage]) -> list[torch.Tensor]:
+        """The FP image tokens each stage's keys are compared with: the FP model's own."""
+        return [t[1] for t in self.targets]
+
+
+class SamPARContext(PARContext):
+    """PAR on SAM's ViT with the official layer skipping (SAQ-SAM's ptq4sam/solver/recon.py,
+    `transform_image_token`, used by `reconstruction_IE`): a stage's output goes straight to
+    the FP neck, skipping the later blocks, and on to the FP two-way transformer (`get_CIT`);
+    the target is the same path from the FP stage's output in the FP model (`fp_oup` of
+    `save_inp_oup_data_en` through `transform_image_token` and `save_CIT_list`)."""
+
+    def stage_keys(self, q_vit: nn.Module, stage: range, x: torch.Tensor, i: int) -> torch.Tensor:
+        for b in stage:
+            x = q_vit.blocks[b](x)
+        return self.keys_of(x, i)
+
+    def keys_of(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        emb = self.fp.image_encoder.neck(x.permute(0, 3, 1, 2))
+        return transformer_out(self.fp.mask_decoder, {**self.kwargs[i], "image_embeddings": emb})[1]
+
+    @torch.no_grad()
+    def stage_targets(self, fp_model: nn.Module, stage: range, images: list[CalibImage]) -> list[torch.Tensor]:
+        outs = capture(fp_model, fp_model.image_encoder.blocks[stage.stop - 1], images, outputs=True)
+        return [self.keys_of(c.out, i) for i, c in enumerate(outs)]
+
+
+def par_context(fp_model: nn.Module, images: list[CalibImage]) -> PARContext:
+    return (SamPARContext if is_sam(fp_model) else PARContext)(fp_model, images)
+
 
 def saq_units(model: nn.Module, cfg: SAQSAMConfig, images: list[CalibImage]) -> list[tuple[str, str | range]]:
     """(kind, unit) in model order: ("stage", blocks), ("layer", name), ("final", name), ("block", name)."""
     units: list[tuple[str, str | range]] = []
-    stages = trunk_stages(model.image_encoder.trunk)
+    stages, prefix = trunk_stages(blocks_of(model)), blocks_prefix(model)
     for name in block_units(model, cfg.recon_components, images):
         if not cfg.par:
             units.append(("block", name))
-        elif name.startswith(TRUNK):
-            stage = next(s for s in stages if int(name[len(TRUNK):].split(".")[0]) in s)
+        elif name.startswith(prefix):
+            stage = next(s for s in stages if int(name[len(prefix):].split(".")[0]) in s)
             if ("stage", stage) not in units:
                 units.append(("stage", stage))
         elif LAYER.match(name):
@@ -355,13 +412,17 @@ def saq_units(model: nn.Module, cfg: SAQSAMConfig, images: list[CalibImage]) -> 
             if ("layer", layer) not in units:
                 units.append(("layer", layer))
         else:
-            units.append(("final" if name == FINAL else "block", name))
+            units.append(("final" if name.endswith(FINAL_SUFFIX) else "block", name))
     return units
 
 
 class SAQSAM(PTQPipeline):
     name = "saqsam"
     Config = SAQSAMConfig
+    # SAM's encoder attention: the relative-position term from the FP q (SAQ-SAM's
+    # `QuantEncoderOurAttentionBlock.forward` in its ptq4sam/model/quant_model.py passes the
+    # q before `q_post_act_fake_quantize` to `add_decomposed_rel_pos`)
+    rel_pos_q = "fp"
 
     def switch_label(self) -> tuple[str, tuple[str, ...]]:
         c = self.config
@@ -382,8 +443,8 @@ class SAQSAM(PTQPipeline):
         into the FP model."""
         cfg, s = self.config, self.config.recon_settings()
         official = cfg.par and cfg.par_targets == "official"
-        units = saq_units(model, cfg, images)
-        waiting = {u: enabled_quantizers(model, unit_modules(*u)) for u in units} if official else {}
+        units, prefix = saq_units(model, cfg, images), blocks_prefix(model)
+        waiting = {u: enabled_quantizers(model, unit_modules(*u, prefix)) for u in units} if official else {}
         set_enabled((q for qs in waiting.values() for q in qs), False)
         par, results = None, {}
         try:
@@ -391,8 +452,8 @@ class SAQSAM(PTQPipeline):
                 set_enabled(waiting.pop((kind, unit), []), True)
                 if kind == "stage":
                     if par is None or official:  # official: the FP model with the earlier stages in it
-                        par = PARContext(fp_model, images)
-                    key = f"{TRUNK}{unit.start}-{unit.stop - 1}"
+                        par = par_context(fp_model, images)
+                    key = f"{prefix}{unit.start}-{unit.stop - 1}"
                     results[key] = reconstruct_stage(model, fp_model, unit, images, s, par)
                 elif kind == "layer":
                     results[unit] = reconstruct_layer(model, fp_model, unit, images, s, cfg.par_alpha, cfg.par_beta,
@@ -400,7 +461,7 @@ class SAQSAM(PTQPipeline):
                 else:
                     scale = cfg.final_iters_scale if kind == "final" else 1.0
                     results[unit] = reconstruct_block(model, fp_model, unit, images, s, round(s.iters * scale))
-                names = unit_modules(kind, unit)
+                names = unit_modules(kind, unit, prefix)
                 if official and names[0].startswith("image_encoder."):
                     put_into(fp_model, model, names)
         finally:
@@ -408,9 +469,9 @@ class SAQSAM(PTQPipeline):
         return recon_info(results)
 
 
-def unit_modules(kind: str, unit: str | range) -> list[str]:
-    """The module names of one unit of `saq_units` (a stage: its blocks)."""
-    return [f"{TRUNK}{b}" for b in unit] if kind == "stage" else [unit]
+def unit_modules(kind: str, unit: str | range, prefix: str = TRUNK) -> list[str]:
+    """The module names of one unit of `saq_units` (a stage: its blocks, under `prefix`)."""
+    return [f"{prefix}{b}" for b in unit] if kind == "stage" else [unit]
 
 
 def enabled_quantizers(model: nn.Module, names: list[str]) -> list[FakeQuantizer]:
@@ -432,16 +493,17 @@ def put_into(fp_model: nn.Module, model: nn.Module, names: list[str]) -> None:
 def reconstruct_stage(model: nn.Module, fp_model: nn.Module, stage: range, images: list[CalibImage],
                       s: ReconSettings, par: PARContext) -> dict[str, float]:
     """PAR on one encoder stage: the loss is on the FP transformer's image tokens only."""
-    q_trunk, fp_trunk = model.image_encoder.trunk, fp_model.image_encoder.trunk
+    q_trunk, fp_trunk = blocks_of(model), blocks_of(fp_model)
     q_calls = capture(model, q_trunk.blocks[stage.start], images)
     fp_calls = capture(fp_model, fp_trunk.blocks[stage.start], images)
     unit = nn.ModuleList([q_trunk.blocks[b] for b in stage])
+    targets = par.stage_targets(fp_model, stage, images)
 
     def forward(call: Call, i: int) -> torch.Tensor:
         return par.stage_keys(q_trunk, stage, call.args[0], i)
 
     def loss(keys: torch.Tensor, i: int) -> torch.Tensor:
-        return lp_loss(keys, par.targets[i][1], 2.0, dim=-1)
+        return lp_loss(keys, targets[i], 2.0, dim=-1)
 
     return train(unit, q_calls, fp_calls, s, loss, forward)
 
@@ -451,9 +513,9 @@ def reconstruct_layer(model: nn.Module, fp_model: nn.Module, name: str, images: 
     """A two-way transformer layer: beta * (0.01 |q_hat - q|^2 + |k_hat - k|^2) + alpha * PAR.
     `official`: the FP layer's inputs and outputs come from the FP decoder on the quantized
     decoder inputs (official target 1), else from the FP model's own image path."""
-    unit, fp_unit, fp_dec = model.get_submodule(name), fp_model.get_submodule(name), fp_model.sam_mask_decoder
+    unit, fp_unit, fp_dec = model.get_submodule(name), fp_model.get_submodule(name), decoder_of(fp_model)
     q_calls = capture(model, unit, images)
-    q_dec = capture(model, model.sam_mask_decoder, images)  # the quantized image embeddings
+    q_dec = capture(model, decoder_of(model), images)  # the quantized image embeddings
     with torch.no_grad():
         if official:
             fp_calls = [decoder_call(fp_dec, fp_unit, c.kwargs) for c in q_dec]
@@ -466,7 +528,7 @@ def reconstruct_layer(model: nn.Module, fp_model: nn.Module, name: str, images: 
         rec = 0.01 * lp_loss(out[0], fp_q, s.p, -1) + lp_loss(out[1], fp_k, s.p, -1)
         if alpha == 0:
             return beta * rec
-        hs = transformer_out(model.sam_mask_decoder, q_dec[i].kwargs)[0]
+        hs = transformer_out(decoder_of(model), q_dec[i].kwargs)[0]
         return beta * rec + alpha * lp_loss(hs, hs_fp[i], 2.0, -1)
 
     return train(unit, q_calls, fp_calls, s, loss)

@@ -93,3 +93,18 @@ def test_size_on_sam(tmp_path, small_as_sam_b):
                    work_dir=tmp_path)
     assert rec["status"] == "ok", rec.get("traceback")
     assert rec["items"] == [] and rec["metrics"]["size_bytes"] < rec["metrics"]["bf16_bytes"]
+
+
+@pytest.mark.parametrize("method, options", [
+    ("ptq4sam", {"recon": True}), ("saqsam", {}), ("lsq", {"steps": 2}),
+])
+def test_method_cells_on_sam(data, tmp_path, small_as_sam_b, method, options):
+    """A reconstruction or QAT method through a whole cell on SAM (calibration on the train
+    stills, every quantizer active after apply, the record's method info)."""
+    budget = {"iters": 2, "recon_images": 1, "mse_grid": 10, "mse_zp_steps": 4, "hist_bins": 64,
+              "agq_max_calls": 1} if method != "lsq" else {}
+    rec = run_cell(cell(data, "instseg", method, w_bits=4, a_bits=4, calib_n=2,
+                        method_options={**budget, **options}), work_dir=tmp_path)
+    assert rec["status"] == "ok", rec.get("traceback")
+    assert rec["method_info"] and 0 <= rec["metrics"]["mIoU"] <= 100
+    assert_items_make_the_metrics(rec)
