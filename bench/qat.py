@@ -270,13 +270,6 @@ def build_samples(calib: CalibData | None, size: int, clip_frames: int) -> list[
     return samples
 
 
-def calibration_count(calib: CalibData | None) -> int:
-    """How many inputs `calibration_images` yields."""
-    if calib is None:
-        return 0
-    return len(calib.images) + sum(len(_frame_files(c.frames_dir)) for c in calib.clips)
-
-
 def calibration_images(calib: CalibData | None, size: int) -> Iterator[torch.Tensor]:
     """Every calibration image and every frame of the calibration clips, as (1, 3, S, S)
     model inputs (made one at a time)."""
@@ -287,6 +280,15 @@ def calibration_images(calib: CalibData | None, size: int) -> Iterator[torch.Ten
     for clip in calib.clips:
         for f in _frame_files(clip.frames_dir):
             yield to_input([read_rgb(f)], size)
+
+
+def encoder_input_count(calib: CalibData | None, model: nn.Module) -> int:
+    """How many inputs `encoder_inputs` yields."""
+    if calib is None:
+        return 0
+    if is_sam(model):
+        return len(calib.images)
+    return len(calib.images) + sum(len(_frame_files(c.frames_dir)) for c in calib.clips)
 
 
 def encoder_inputs(calib: CalibData | None, model: nn.Module) -> Iterator[torch.Tensor]:

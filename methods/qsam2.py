@@ -79,7 +79,7 @@ from tqdm import tqdm
 
 from bench import BenchError
 from bench.calib import CalibData
-from bench.qat import QATConfig, QATMethod, calibration_count, encoder_inputs
+from bench.qat import QATConfig, QATMethod, encoder_input_count, encoder_inputs
 from bench.quant import wrap
 from bench.quant.calibrate import calibrate_activations
 from bench.quant.fake import FakeQuantizer
@@ -256,7 +256,7 @@ def vrc(model: nn.Module, calib: CalibData | None, cfg: QSAM2Config) -> dict:
     enabled = [q.enabled for q in quantizers]
     input_quantized = {n: layer.aq.active for n, layer in layers.items()}
     device = next(model.parameters()).device
-    rows = rows_per_call(cfg.vrc_rows, calibration_count(calib))
+    rows = rows_per_call(cfg.vrc_rows, encoder_input_count(calib, model))
     solved, stats_of = {}, {}  # written once all passes are done: every pass sees the FP model
     try:
         for q in quantizers:
