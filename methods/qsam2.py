@@ -79,7 +79,8 @@ from tqdm import tqdm
 
 from bench import BenchError
 from bench.calib import CalibData
-from bench.qat import QATConfig, QATMethod, encoder_input_count, encoder_inputs
+from bench.qat import QATConfig, QATMethod
+from bench.qat_samples import encoder_input_count, encoder_inputs
 from bench.quant import wrap
 from bench.quant.calibrate import calibrate_activations
 from bench.quant.fake import FakeQuantizer

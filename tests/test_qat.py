@@ -14,7 +14,8 @@ from bench import BenchError
 from bench.calib import CalibData, read_rgb
 from bench.data.synth import SynthConfig
 from bench.pack import export_packed, load_dequantized
-from bench.qat import ClipSample, ImageSample, build_samples, evaluate_loss, sample_order, teacher_outputs, train
+from bench.qat import evaluate_loss, sample_order, teacher_outputs, train
+from bench.qat_samples import ClipSample, ImageSample, build_samples
 from bench.quant import QuantSpec, quant_layers
 from bench.quant.fake import FakeQuantizer
 from bench.quant.learned import LearnedQuantizer, LSCQuantizer, LSQQuantizer, PACTQuantizer, RTNWeightQuantizer
@@ -321,7 +322,7 @@ def test_vrc_refit_solves_least_squares_and_beats_rtn_on_held_out_data(micro_fp,
     method.apply(model, calib_imgs)
     assert method.info["vrc_layers"] == len(encoder_linears(model)) > 10
     layers, rtn_layers = encoder_linears(model), encoder_linears(rtn)
-    from bench.qat import calibration_images
+    from bench.qat_samples import calibration_images
 
     # 1. each re-fitted layer solves min ||[Q(X) 1][W' b']^T - (X W^T + b)|| (numpy lstsq residual)
     X = _encoder_inputs(rtn, rtn_layers, [(img.image) for img in calib.images])

@@ -142,7 +142,8 @@ QAT = dict(steps=2, report_loss=True)
 def test_sam_training_forward_is_the_predictors(sam_fp, calib):
     """The QAT samples and forward of a SAM model give the predictor's low-res logits and IoUs."""
     from bench.models import image_predictor
-    from bench.qat import forward, model_samples
+    from bench.qat import forward
+    from bench.qat_samples import model_samples
 
     sample = model_samples(calib, sam_fp, 4)[0]
     assert sample.image.shape == (1, 3, 128, 128) and sample.masks.shape == (2, 128, 128)

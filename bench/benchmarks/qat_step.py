@@ -24,7 +24,8 @@ import torch
 from bench.calib import CalibData
 from bench.method import Method
 from bench.models import build_model
-from bench.qat import ImageSample, build_samples, make_optimizer, teacher_outputs, train_step
+from bench.qat import make_optimizer, teacher_outputs, train_step
+from bench.qat_samples import ImageSample, build_samples
 from bench.quant.learned import learned_quantizers
 
 VARIANTS = {
