@@ -20,13 +20,15 @@ def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, env=full_env)
 
 
-def test_list_shows_nine_models_and_methods():
+def test_list_shows_the_models_of_both_families_and_methods():
     out = cli("bench.list")
     assert out.returncode == 0
     models = out.stdout.split("methods:")[0].splitlines()[1:]
-    assert len(models) == 9
-    for name in ("sam2.1-t", "sam2.1-s", "sam2.1-b+", "sam2.1-l", "sam2-t", "sam2-l", "micro"):
+    assert len(models) == 12  # 9 SAM2 (micro included) + 3 SAM
+    for name in ("sam2.1-t", "sam2.1-s", "sam2.1-b+", "sam2.1-l", "sam2-t", "sam2-l", "micro", "sam-b", "sam-l",
+                 "sam-h"):
         assert any(line.split()[0] == name for line in models)
+    assert "family sam;" in next(line for line in models if line.split()[0] == "sam-h")
     methods = out.stdout.split("methods:")[1].split("tasks:")[0]
     assert {line.split()[0] for line in methods.strip().splitlines()} >= {"fp", "rtn"}
     assert "size" in out.stdout.split("tasks:")[1]
