@@ -9,12 +9,19 @@ the same cell:
   `mAP` (PTQ4SAM / SAQ-SAM: masks prompted by detector boxes, COCO segm AP) is our `coco-map`
   task (our `instseg` prompts with GT boxes and reports mIoU);
 - our (method, canonical variant) is translated into the paper's name by `PAPER_NAMES`; a
-  cell with a sweep `tag` (a budget study) never matches;
+  cell with a sweep `tag` (a budget study) never matches; a `+evalbug` row (the official
+  code's evaluation bug reproduced, `eval_dropout_bug: true`) matches the published name of
+  the same configuration without it: the published figures were made with that code, so the
+  table shows them beside the correct row and beside the reproduction of the bug;
+- model names are the same on both sides (`sam-b`, `sam-l`, `sam-h`: SAM ViT-B/L/H, the
+  models both PTQ papers measured; `sam2.1-t`, ...);
 - bits must be equal, the CSV's 32 meaning full precision (our null);
 - the dataset must be the same: the record's `dataset` (e.g. `sa-v test`, `mose val`, `coco
-  val2017`) equals the paper's `prompts_or_dataset`, whose detector (`coco-val2017 YOLOX-l
+  val`) equals the paper's `prompts_or_dataset`, whose detector (`coco-val2017 YOLOX-l
   boxes`) is carried into the table (the boxes are the cell's `--detections`, which the record
-  does not name), so a reader sees which boxes the published number used.
+  does not name), so a reader sees which boxes the published number used. A COCO split is
+  compared with its year: the harness reads only COCO 2017 (`instances_<split>2017.json`), so
+  a record's `coco val` (the split as the sweep names it) is `coco val2017`.
 """
 
 from __future__ import annotations
@@ -77,17 +84,22 @@ def load_paper(path: Path = PAPER_CSV) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(COLUMNS), dtype=object)
 
 
+EVAL_BUG = "+evalbug"  # the variant suffix of `eval_dropout_bug: true` (bench.ptq.PTQPipeline.statistics_label)
+
+
 def paper_method(method: str, variant: str, tag: str = "") -> str | None:
-    """How the papers name our method and canonical variant (None: no published counterpart)."""
-    return None if tag else PAPER_NAMES.get((method, variant))
+    """How the papers name our method and canonical variant (None: no published counterpart);
+    a `+evalbug` variant is named as the same configuration without the bug."""
+    return None if tag else PAPER_NAMES.get((method, variant.removesuffix(EVAL_BUG)))
 
 
 def dataset_key(text: str) -> str:
-    """A dataset name as both sides are compared: lower case, the papers' `coco-val2017 <detector>
-    boxes` as our `coco val2017`."""
+    """A dataset name as both sides are compared: lower case; a COCO split with its year, so the
+    papers' `coco-val2017 <detector> boxes`, our `coco val2017` and our `coco val` (a sweep's
+    `split: val`, which reads val2017) are all `coco val2017`."""
     t = " ".join(str(text).lower().split())
-    m = re.match(r"coco[- ](\w+)", t)
-    return f"coco {m.group(1)}" if m else t
+    m = re.match(r"coco[- ]([a-z]+)(?:2017)?\b", t)
+    return f"coco {m.group(1)}2017" if m else t
 
 
 def match(ours: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
@@ -107,7 +119,7 @@ def match(ours: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
             rows.append({**r, "paper": p["paper"], "prompts_or_dataset": p["prompts_or_dataset"],
                          "source": p["source"], "checked": p["checked"], "published": p["value"],
                          "diff": r["value"] - p["value"]})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, dtype=object)  # bits stay int or None beside FP rows (not float, NaN)
 
 
 # -- claims --------------------------------------------------------------------------------------

@@ -1,11 +1,14 @@
-"""Fake-quant overhead of SAM2.1-t's image encoder on CPU.
+"""Fake-quant overhead of an image encoder on CPU: SAM2.1-t's Hiera (default) or SAM ViT-B's.
 
 Variants, timed round-robin in one process: the FP encoder; (a) W4A4 RTN on every Linear
-(weights per channel, inputs per tensor); (b) (a) plus Hiera attention q/k/v and softmax
-probabilities at 4 bits; and a peer built from torch.ao.quantization.FakeQuantize, which
-fake-quantizes the weight at every forward as torch.ao's QAT modules do.
+(weights per channel, inputs per tensor); (b) (a) plus the encoder attention's q/k/v and
+softmax probabilities at 4 bits (Hiera's windowed/global attention; SAM's ViT attention with
+decomposed relative positions); and a peer built from torch.ao.quantization.FakeQuantize,
+which fake-quantizes the weight at every forward as torch.ao's QAT modules do. Weights are
+random (timing does not depend on them).
 
-    python -m bench.benchmarks.overhead [--repeats 7] [--size 1024] [--threads N]
+    python -m bench.benchmarks.overhead [--model sam2.1-t|sam-b] [--repeats 7] [--size 1024]
+        [--threads N] [--calib-images 2]
 """
 
 from __future__ import annotations
@@ -25,11 +28,15 @@ from bench.models import build_model
 from bench.quant import QuantLinear, QuantPlan, QuantSpec, Scope, quant_attentions, wrap
 from bench.quant.calibrate import activation_quantizers, calibrate_weights
 
-# The encoder's Conv2d layers (patch embedding, FPN neck) stay float: only Linear layers count.
-LINEAR_ONLY = Scope(
-    components=("image_encoder",), include=("*",),
-    exclude=("image_encoder.trunk.patch_embed.*", "image_encoder.neck.*"),
-)
+# The encoder's Conv2d layers (patch embedding; SAM2's FPN neck, SAM's neck) stay float: only
+# Linear layers count.
+LINEAR_ONLY = {
+    "sam2.1-t": Scope(components=("image_encoder",), include=("*",),
+                      exclude=("image_encoder.trunk.patch_embed.*", "image_encoder.neck.*")),
+    "sam-b": Scope(components=("image_encoder",), include=("*",),
+                   exclude=("image_encoder.patch_embed.*", "image_encoder.neck.*")),
+}
+SAM_SIZE = 1024  # SAM's ViT has absolute position embeddings for 1024x1024 inputs only
 
 
 def images(n: int, seed: int, size: int) -> list[torch.Tensor]:
@@ -37,11 +44,17 @@ def images(n: int, seed: int, size: int) -> list[torch.Tensor]:
     return [torch.randn(1, 3, size, size, generator=g) for _ in range(n)]
 
 
-def ours(fp: nn.Module, attention: bool, calib: list[torch.Tensor]) -> nn.Module:
+def features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The encoder's output: SAM2's `vision_features`, SAM's embedding tensor."""
+    out = model.image_encoder(x)
+    return out["vision_features"] if isinstance(out, dict) else out
+
+
+def ours(fp: nn.Module, attention: bool, calib: list[torch.Tensor], scope: Scope) -> nn.Module:
     """A calibrated W4A4 RTN copy (encoder-only observation of activation ranges)."""
     model = copy.deepcopy(fp)
     a4 = QuantSpec(4) if attention else None
-    wrap(model, QuantPlan(QuantSpec(4, granularity="channel"), QuantSpec(4), a4, a4, LINEAR_ONLY))
+    wrap(model, QuantPlan(QuantSpec(4, granularity="channel"), QuantSpec(4), a4, a4, scope))
     calibrate_weights(model)
     quantizers = [q for _, q in activation_quantizers(model)]
     for q in quantizers:
@@ -103,8 +116,7 @@ def check(fp: nn.Module, a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
     attns = quant_attentions(b.image_encoder).values()
     assert attns and all(getattr(m, s).active for m in attns for s in m.SLOTS)
     with torch.inference_mode():
-        ref = fp.image_encoder(x)["vision_features"]
-        out = a.image_encoder(x)["vision_features"]
+        ref, out = features(fp, x), features(a, x)
     diff = (out - ref).abs().max().item()
     assert diff > 0, "(a) equals FP: the benchmark would time a no-op"
     return diff
@@ -131,23 +143,30 @@ def main() -> None:
     p.add_argument("--size", type=int, default=1024, help="input side in pixels (default 1024)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads (default: torch's own choice)")
+    p.add_argument("--model", choices=sorted(LINEAR_ONLY), default="sam2.1-t",
+                   help="whose image encoder, random weights (default sam2.1-t)")
+    p.add_argument("--calib-images", type=int, default=2,
+                   help="random images that set the activation ranges (default 2)")
     args = p.parse_args()
+    if args.model.startswith("sam-") and args.size != SAM_SIZE:
+        p.error(f"--size: {args.model}'s encoder takes {SAM_SIZE}x{SAM_SIZE} inputs only")
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+    print(f"{args.model} image encoder, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"input 1x3x{args.size}x{args.size}, repeats {args.repeats}")
 
-    fp = build_model("sam2.1-t", random_init=True, device="cpu")
-    calib = images(2, seed=1, size=args.size)
+    fp = build_model(args.model, random_init=True, device="cpu")
+    calib = images(args.calib_images, seed=1, size=args.size)
     (x,) = images(1, seed=0, size=args.size)
+    scope = LINEAR_ONLY[args.model]
     variants = {
         "fp": fp,
-        "(a) W4A4 Linear": ours(fp, attention=False, calib=calib),
-        "(b) (a) + attention": ours(fp, attention=True, calib=calib),
+        "(a) W4A4 Linear": ours(fp, attention=False, calib=calib, scope=scope),
+        "(b) (a) + attention": ours(fp, attention=True, calib=calib, scope=scope),
         "peer torch.ao": peer(fp, calib),
     }
     a, b = variants["(a) W4A4 Linear"], variants["(b) (a) + attention"]
-    print(f"(a) vs FP vision_features max |diff| = {check(fp, a, b, x):.4g} (> 0)")
+    print(f"(a) vs FP encoder output max |diff| = {check(fp, a, b, x):.4g} (> 0)")
 
     times = timed({n: (lambda m=m: m.image_encoder(x)) for n, m in variants.items()}, args.repeats)
     med = {n: statistics.median(t) for n, t in times.items()}
