@@ -1,10 +1,12 @@
-"""The model zoo: official SAM2 / SAM2.1 sizes, the built-in `micro` model, and SAM (v1)
-ViT-B / ViT-L / ViT-H, the models PTQ4SAM and SAQ-SAM were published on.
+"""The model zoo: official SAM2 / SAM2.1 sizes, the built-in `micro` model, SAM (v1)
+ViT-B / ViT-L / ViT-H, the models PTQ4SAM and SAQ-SAM were published on, and the built-in
+`sam-micro` (SAM's architecture at low resolution).
 
 Every SAM2 model is built as a `SAM2VideoPredictor` (a SAM2Base subclass), so the same object
 serves video propagation and, wrapped in `SAM2ImagePredictor`, box-prompted images. Hydra is
 used only here, through sam2's own config files. SAM models are `segment_anything`'s `Sam`,
-built by its own `sam_model_registry`; they have no video path.
+built by its own `sam_model_registry` (the built-in `sam-micro` from the same modules, with
+the sizes of bench/configs/sam_micro.yaml); they have no video path.
 """
 
 from __future__ import annotations
@@ -30,12 +32,16 @@ SAM_TASKS = ("size", "instseg", "coco-map")  # images only: SAM has no memory, s
 class ModelEntry:
     name: str
     # sam2: config file relative to sam2's package dir, or an absolute path for our own
-    # configs; sam: the key of segment_anything's `sam_model_registry` (vit_b, vit_l, vit_h)
+    # configs; sam: the key of segment_anything's `sam_model_registry` (vit_b, vit_l, vit_h),
+    # or an absolute path to our own sizes (sam_micro.yaml)
     config: str
     checkpoint: str  # official file name, looked up in the checkpoint folder
     description: str
     family: str = "sam2"  # sam2 | sam
     tasks: tuple[str, ...] = SAM2_TASKS
+    # ships with the project: the checkpoint defaults to bench/assets, in the format
+    # bench.train_micro writes ({"model": state dict, "meta": {...}}, for both families)
+    builtin: bool = False
 
 
 def _official(name: str, version: str, size: str, long: str, params: str) -> ModelEntry:
@@ -63,10 +69,16 @@ MODELS: dict[str, ModelEntry] = {
         ModelEntry(
             "micro", str(CONFIG_DIR / "sam2_micro.yaml"), "sam2_micro.pt",
             "built-in SAM2.1-architecture model, 2.5M params, 256x256 input, ships with the project",
+            builtin=True,
         ),
         _sam("b", "sam_vit_b_01ec64.pth", "93.7M"),
         _sam("l", "sam_vit_l_0b3195.pth", "312.3M"),
         _sam("h", "sam_vit_h_4b8939.pth", "641.1M"),
+        ModelEntry(
+            "sam-micro", str(CONFIG_DIR / "sam_micro.yaml"), "sam_micro.pt",
+            "built-in SAM-architecture (ViT) model, 2.0M params, 256x256 input, ships with the project",
+            family="sam", tasks=SAM_TASKS, builtin=True,
+        ),
     ]
 }
 
@@ -96,19 +108,19 @@ def default_device() -> str:
 
 
 def checkpoint_path(name: str, checkpoints: str | os.PathLike | None = None) -> Path:
-    """Where the checkpoint of `name` must be: `checkpoints`, else $BENCH_CHECKPOINTS; the
-    micro model's defaults to the one shipped in bench/assets."""
+    """Where the checkpoint of `name` must be: `checkpoints`, else $BENCH_CHECKPOINTS; a
+    built-in model's defaults to the one shipped in bench/assets."""
     entry = model_entry(name)
     folder = checkpoints or os.environ.get("BENCH_CHECKPOINTS")
     if folder is None:
-        if name == "micro":
+        if entry.builtin:
             return ASSET_DIR / entry.checkpoint
         raise BenchError(
             f"model {name}: no checkpoint folder; pass --checkpoints DIR or set $BENCH_CHECKPOINTS "
             f"to the folder holding {entry.checkpoint}"
         )
     path = Path(folder) / entry.checkpoint
-    if name == "micro" and not path.exists():
+    if entry.builtin and not path.exists():
         path = ASSET_DIR / entry.checkpoint
     return path
 
@@ -126,10 +138,11 @@ def _config(entry: ModelEntry):
     return cfg
 
 
-def load_state(path: Path, expected: str, family: str = "sam2") -> dict[str, torch.Tensor]:
-    """The state dict of a checkpoint, loaded without unpickling code: a SAM2 checkpoint holds
-    it under `model`; a SAM (v1) `.pth` is the bare state dict (segment_anything's
-    build_sam.py, `_build_sam`, loads the file straight into `Sam.load_state_dict`)."""
+def load_state(path: Path, expected: str, family: str = "sam2", builtin: bool = False) -> dict[str, torch.Tensor]:
+    """The state dict of a checkpoint, loaded without unpickling code: a SAM2 checkpoint and
+    a built-in model's hold it under `model`; an official SAM (v1) `.pth` is the bare state
+    dict (segment_anything's build_sam.py, `_build_sam`, loads the file straight into
+    `Sam.load_state_dict`)."""
     if not path.is_file():
         raise BenchError(f"checkpoint not found: {path} (expected the file {expected})")
     try:
@@ -138,7 +151,7 @@ def load_state(path: Path, expected: str, family: str = "sam2") -> dict[str, tor
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         label = "a SAM2" if family == "sam2" else "a SAM"
         raise BenchError(f"checkpoint {path}: cannot be read as {label} checkpoint ({expected}): {msg}") from None
-    if family == "sam":
+    if family == "sam" and not builtin:
         return _sam_state(ckpt, path, expected)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
         raise BenchError(f"checkpoint {path}: no 'model' state dict inside (expected the file {expected})")
@@ -167,7 +180,7 @@ def build_model(
     mode, with the official weights unless `random_init`."""
     entry = model_entry(name)
     path = None if random_init else checkpoint_path(name, checkpoints)
-    state = load_state(path, entry.checkpoint, entry.family) if path is not None else None
+    state = load_state(path, entry.checkpoint, entry.family, entry.builtin) if path is not None else None
     torch.manual_seed(seed)
     model = _instantiate(entry)
     if state is not None:
@@ -180,6 +193,8 @@ def _instantiate(entry: ModelEntry) -> nn.Module:
     """The randomly initialized model of an entry: sam2's Hydra config, or segment_anything's
     `sam_model_registry` builder without a checkpoint (its own loader unpickles freely)."""
     if entry.family == "sam":
+        if entry.config.endswith(".yaml"):
+            return build_sam_from(entry.config)
         from segment_anything import sam_model_registry
 
         return sam_model_registry[entry.config](checkpoint=None)
@@ -187,6 +202,40 @@ def _instantiate(entry: ModelEntry) -> nn.Module:
 
     quiet_sam2_progress()
     return instantiate(_config(entry).model, _recursive_=True)
+
+
+def build_sam_from(config: str | os.PathLike) -> nn.Module:
+    """A randomly initialized SAM (v1) of the sizes in a YAML file: the modules, defaults and
+    wiring of segment_anything's `_build_sam` (build_sam.py), whose image size (1024), patch
+    size, prompt width, decoder MLP width and head count are fixed there."""
+    from functools import partial
+
+    import yaml
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    with open(config) as f:
+        c = yaml.safe_load(f)
+    enc, dec, width, size, patch = c["encoder"], c["decoder"], c["prompt_embed_dim"], c["image_size"], c["patch_size"]
+    return Sam(
+        image_encoder=ImageEncoderViT(
+            depth=enc["depth"], embed_dim=enc["embed_dim"], img_size=size, mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=enc["num_heads"], patch_size=patch,
+            qkv_bias=True, use_rel_pos=True, global_attn_indexes=enc["global_attn_indexes"],
+            window_size=enc["window_size"], out_chans=width,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=width, image_embedding_size=(size // patch, size // patch), input_image_size=(size, size),
+            mask_in_chans=16,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=width, mlp_dim=dec["mlp_dim"],
+                                          num_heads=dec["num_heads"]),
+            transformer_dim=width, iou_head_depth=3, iou_head_hidden_dim=width,
+        ),
+        pixel_mean=[123.675, 116.28, 103.53],
+        pixel_std=[58.395, 57.12, 57.375],
+    )
 
 
 def quiet_sam2_progress() -> None:

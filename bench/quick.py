@@ -2,9 +2,10 @@
 
     python -m bench.quick [--model micro] [--out results/quick]
 
-Runs FP, RTN W8A8 and RTN W4A4 (or `--cells`) through `vos` (J&F) and `instseg` (mIoU) on the
-synthetic sets (generated on first use) or on `--davis-root/--coco-root`, writes one record
-per cell into `--out`, and prints a Markdown table.
+Runs FP, RTN W8A8 and RTN W4A4 (or `--cells`) through `vos` (J&F; not on a SAM model, which
+has no video path) and `instseg` (mIoU) on the synthetic sets (generated on first use) or on
+`--davis-root/--coco-root`, writes one record per cell into `--out`, and prints a Markdown
+table.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from bench import BenchError
 from bench.cell import Cell
+from bench.models import model_entry
 from bench.results import cell_interval, cell_value, metric, write_json_atomic
 from bench.run import parse_bits, run_cell
 
@@ -50,10 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     rows = []
     try:
+        tasks = [t for t in COLUMNS if t in model_entry(args.model).tasks]
         for spec in args.cells.split(","):
             method, w, a = parse_cell(spec)
             row = {"method": spec}
-            for task in COLUMNS:
+            for task in tasks:
                 cell = Cell(model=args.model, method=method, task=task, w_bits=w, a_bits=a,
                             davis_root=args.davis_root, coco_root=args.coco_root,
                             checkpoints=args.checkpoints, device=args.device)
@@ -69,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    keys = [k for cols in COLUMNS.values() for k in cols]
+    keys = [k for t in tasks for k in COLUMNS[t]]
     print(f"| {args.model} | " + " | ".join(keys) + " |")
     print("|---|" + "---:|" * len(keys))
     for row in rows:

@@ -34,7 +34,7 @@ from bench.tasks import DATA_FREE_TASKS, TASKS
 EXECUTORS = ("debug", "local", "slurm")
 TOP_KEYS = ("name", "models", "methods", "bits", "tasks", "data", "calibration", "training",
             "checkpoints", "device", "seed", "seeds", "executor")
-METHOD_KEYS = ("name", "tag", "options", "bits")
+METHOD_KEYS = ("name", "tag", "options", "bits", "models")
 DATA_KEYS = ("davis_root", "coco_root", "split", "sequences", "max_frames", "max_images", "detections",
              "multimask", "vos_format", "track_later")
 CALIB_KEYS = ("n", "dir")
@@ -181,7 +181,7 @@ def load(path: str | Path) -> Sweep:
     grid_bits = ck.bits(doc["bits"], "bits") if "bits" in doc else None
     base = _base_cell_fields(doc, ck)
     seeds = _seeds(doc, ck, base.pop("seed", 0))
-    entries = _method_entries(doc["methods"], ck)
+    entries = _method_entries(doc["methods"], ck, models)
     training = _training(doc.get("training"), entries, ck)
     cells, skipped, seen, labels = [], [], set(), {}
     for i, entry in enumerate(entries):
@@ -200,7 +200,7 @@ def load(path: str | Path) -> Sweep:
                     raise _option_error(ck, key, str(e), set(training) - set(entry["options"])) from None
                 skipped.append(f"{entry['name']} W{w or 'fp'}A{a or 'fp'}: {e}")
                 continue
-            for model, seed, task in itertools.product(models, seeds, tasks):
+            for model, seed, task in itertools.product(entry["models"] or models, seeds, tasks):
                 if task not in MODELS[model].tasks:  # e.g. vos on a SAM (v1) model: no video path
                     note = f"{model} {task}: model family {MODELS[model].family} has no {task} task"
                     skipped += [] if note in skipped else [note]
@@ -287,9 +287,10 @@ def _option_error(ck: _Checker, key: str, msg: str, from_training: set[str]) -> 
     return ck.fail(key, msg)
 
 
-def _method_entries(value: Any, ck: _Checker) -> list[dict[str, Any]]:
+def _method_entries(value: Any, ck: _Checker, models: list[str]) -> list[dict[str, Any]]:
+    """The `methods:` list; an entry's `models:` (a subset of the sweep's) limits it to those."""
     if not isinstance(value, list) or not value:
-        raise ck.fail("methods", "expected a non-empty list of method names or {name, tag, options, bits}")
+        raise ck.fail("methods", "expected a non-empty list of method names or {name, tag, options, bits, models}")
     entries = []
     for i, item in enumerate(value):
         key = f"methods[{i}]"
@@ -313,6 +314,7 @@ def _method_entries(value: Any, ck: _Checker) -> list[dict[str, Any]]:
             "name": name, "cls": cls, "options": options,
             "tag": ck.text(item["tag"], f"{key}.tag") if "tag" in item else "",
             "bits": ck.bits(item["bits"], f"{key}.bits") if "bits" in item else None,
+            "models": ck.str_list(item["models"], f"{key}.models", models) if "models" in item else None,
         })
     return entries
 
@@ -364,7 +366,7 @@ def _check_paths(doc: dict, base: dict, models: list[str], tasks: list[str], ck:
         if base.get(field_) and not Path(base[field_]).exists():
             ck.warnings.append(f"missing {key}: {base[field_]}")
     for model in models:
-        if model == "micro":
+        if MODELS[model].builtin:
             continue
         try:
             path = checkpoint_path(model, base.get("checkpoints"))

@@ -1,9 +1,15 @@
-"""Train the built-in `micro` SAM2 on the synthetic train stream.
+"""Train the built-in models on the synthetic train stream: `micro` (SAM2) and `sam-micro`
+(SAM v1, images only).
 
     python -m bench.train_micro --out bench/assets/sam2_micro.pt [--steps 9000] [--seed 0]
         [--processes 2] [--half]
+    python -m bench.train_micro --model sam-micro --out bench/assets/sam_micro.pt ...
 
-(the shipped checkpoint's meta holds its exact command).
+(each shipped checkpoint's meta holds its exact command).
+
+sam-micro trains on image steps only (SAM has no memory), through SAM's own input path and
+heads (`sam_image_loss`): the same prompts and mask losses as micro's image steps, with SAM's
+box (single mask) and click (three masks) outputs.
 
 The same SAM2 architecture and forward code as the official models (`SAM2Base.track_step`);
 the recipe is a small version of SAM2's own training:
@@ -51,8 +57,11 @@ from torch import nn
 from tqdm import tqdm
 
 from bench.data import synth
-from bench.models import build_model
+from bench.models import MODELS, build_model, model_entry
 from bench.sam2_train import features, mask_losses, to_input, to_masks, track
+from bench.sam_predictor import OBJECT_LOGIT, is_sam, sam_input, sam_masks
+
+BUILTIN = [name for name, entry in MODELS.items() if entry.builtin]
 
 
 # -- losses of one training step ----------------------------------------------------------------
@@ -82,17 +91,12 @@ def prompt_counts(prompts: int, clicks: int | None) -> int:
     return clicks
 
 
-def image_loss(model: nn.Module, image: np.ndarray, labels: np.ndarray, k: int, rng: np.random.Generator,
-               prompts: int = 1, kind: str = "bce", clicks: int | None = None) -> torch.Tensor:
-    """Box and click prompts on one still: `prompts` jittered boxes and `clicks` (default:
-    `prompts`) single positive clicks per object, each kind decoded as one batch against the
-    image's features (computed once); the loss is the mean of the two kinds' losses."""
-    size = model.image_size
-    x, masks = to_input([image], size), to_masks([labels], k, size)[0]
-    feats, pos, sizes = features(model, x)
-    clicks = prompt_counts(prompts, clicks)
-    boxes, points, box_targets, point_targets = [], [], [], []
-    for m in masks:
+def sample_prompts(masks: torch.Tensor, rng: np.random.Generator, prompts: int, clicks: int):
+    """Per object of `masks` (k, H, W): `prompts` jittered boxes ([[x0, y0], [x1, y1]], noise
+    5% of the box size per corner coordinate) and `clicks` single positive clicks (pixel
+    centres), in the masks' pixel frame; returns (boxes, box objects, clicks, click objects)."""
+    boxes, points, box_obj, point_obj = [], [], [], []
+    for o, m in enumerate(masks):
         ys, xs = torch.nonzero(m > 0.5, as_tuple=True)
         x0, y0, x1, y1 = xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1
         w, h = x1 - x0, y1 - y0
@@ -100,13 +104,27 @@ def image_loss(model: nn.Module, image: np.ndarray, labels: np.ndarray, k: int, 
             if p < prompts:
                 j = rng.normal(0, 0.05, 4) * [w, h, w, h]
                 boxes.append([[x0 + j[0], y0 + j[1]], [x1 + j[2], y1 + j[3]]])
-                box_targets.append(m)
+                box_obj.append(o)
             if p < clicks:
                 i = rng.integers(len(xs))
                 points.append([[xs[i].item() + 0.5, ys[i].item() + 0.5]])
-                point_targets.append(m)
+                point_obj.append(o)
+    return boxes, box_obj, points, point_obj
+
+
+def image_loss(model: nn.Module, image: np.ndarray, labels: np.ndarray, k: int, rng: np.random.Generator,
+               prompts: int = 1, kind: str = "bce", clicks: int | None = None) -> torch.Tensor:
+    """Box and click prompts on one still: `prompts` jittered boxes and `clicks` (default:
+    `prompts`) single positive clicks per object, each kind decoded as one batch against the
+    image's features (computed once); the loss is the mean of the two kinds' losses."""
+    if is_sam(model):
+        return sam_image_loss(model, image, labels, k, rng, prompts, kind, clicks)
+    size = model.image_size
+    x, masks = to_input([image], size), to_masks([labels], k, size)[0]
+    feats, pos, sizes = features(model, x)
+    boxes, box_obj, points, point_obj = sample_prompts(masks, rng, prompts, prompt_counts(prompts, clicks))
     total, kinds = x.new_zeros(()), 0
-    for coords, label, targets in ((boxes, [2, 3], box_targets), (points, [1], point_targets)):
+    for coords, label, objs in ((boxes, [2, 3], box_obj), (points, [1], point_obj)):
         if not coords:
             continue
         n = len(coords)
@@ -116,7 +134,38 @@ def image_loss(model: nn.Module, image: np.ndarray, labels: np.ndarray, k: int, 
         }
         out = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
         _, multi, ious, obj = track(model, 0, True, feats, pos, sizes, n, out, 1, point_inputs=inputs, memory=False)
-        total, kinds = total + mask_losses(multi, ious, obj, torch.stack(targets), kind), kinds + 1
+        total, kinds = total + mask_losses(multi, ious, obj, masks[objs], kind), kinds + 1
+    return total / kinds
+
+
+def sam_image_loss(model: nn.Module, image: np.ndarray, labels: np.ndarray, k: int, rng: np.random.Generator,
+                   prompts: int = 1, kind: str = "bce", clicks: int | None = None) -> torch.Tensor:
+    """`image_loss` for a SAM (v1) model, through SAM's own input path (`SamPredictor`: longest
+    side resized to the input size, padded): boxes decode one mask, clicks three (the loss on
+    the best, as SAM trains ambiguity). SAM has no object-score head: its constant logit
+    (`OBJECT_LOGIT`) gives the object term no gradient."""
+    size = model.image_encoder.img_size
+    x, transform = sam_input(model, image)
+    objects = np.stack([labels == i + 1 for i in range(k)])
+    masks = sam_masks(objects, transform, size)
+    boxes, box_obj, points, point_obj = sample_prompts(torch.from_numpy(objects), rng, prompts,
+                                                       prompt_counts(prompts, clicks))
+    emb = model.image_encoder(x)
+    pe = model.prompt_encoder.get_dense_pe()
+    total, kinds = x.new_zeros(()), 0
+    for coords, objs, multimask in ((boxes, box_obj, False), (points, point_obj, True)):
+        if not coords:
+            continue
+        xy = torch.as_tensor(transform.apply_coords(np.asarray(coords, dtype=np.float32), image.shape[:2]))
+        if multimask:
+            prompt = {"points": (xy, torch.ones(len(xy), 1, dtype=torch.int)), "boxes": None}
+        else:
+            prompt = {"points": None, "boxes": xy.reshape(-1, 4)}
+        sparse, dense = model.prompt_encoder(masks=None, **prompt)
+        low, ious = model.mask_decoder(image_embeddings=emb, image_pe=pe, sparse_prompt_embeddings=sparse,
+                                       dense_prompt_embeddings=dense, multimask_output=multimask)
+        obj = low.new_full((len(low), 1), OBJECT_LOGIT)
+        total, kinds = total + mask_losses(low, ious, obj, masks[objs], kind), kinds + 1
     return total / kinds
 
 
@@ -139,7 +188,8 @@ def sample_clip(cfg: synth.SynthConfig, index: int, frames: int, rng: np.random.
 def quick_val(model: nn.Module, cfg: synth.SynthConfig, clips: int = 4, stills: int = 8) -> dict[str, float]:
     """Progress figures on the val stream through the evaluation code paths (video predictor
     from frame-0 masks; image predictor from GT boxes): mean IoU over objects (scored frames
-    1..T-2) and mean box-prompt IoU. The real metrics come from the `vos` and `instseg` tasks."""
+    1..T-2; not for SAM, which has no video path) and mean box-prompt IoU. The real metrics
+    come from the `vos` and `instseg` tasks."""
     import tempfile
 
     from PIL import Image
@@ -149,7 +199,7 @@ def quick_val(model: nn.Module, cfg: synth.SynthConfig, clips: int = 4, stills: 
     was_training = model.training
     model.eval()
     ious = []
-    for i in range(clips):
+    for i in range(0 if is_sam(model) else clips):
         frames, labels = synth.clip(cfg, "val", i)
         with tempfile.TemporaryDirectory() as tmp:
             for t, f in enumerate(frames):
@@ -173,7 +223,8 @@ def quick_val(model: nn.Module, cfg: synth.SynthConfig, clips: int = 4, stills: 
             masks, _, _ = pred.predict(box=box, multimask_output=False)
             box_ious.append(_iou(masks[0] > 0, labels == j))
     model.train(was_training)
-    return {"vos_iou": 100 * float(np.mean(ious)), "box_iou": 100 * float(np.mean(box_ious))}
+    out = {"vos_iou": 100 * float(np.mean(ious))} if ious else {}
+    return out | {"box_iou": 100 * float(np.mean(box_ious))}
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -247,11 +298,13 @@ def train(args: argparse.Namespace, rank: int = 0, world: int = 1) -> dict:
     random.seed(args.seed)
     kinds = np.random.default_rng(args.seed)  # step kinds: the same on every rank
     rng = np.random.default_rng([args.seed, rank]) if world > 1 else kinds  # samples: per rank
-    model = build_model("micro", random_init=True, device="cpu", seed=args.seed)
+    model = build_model(args.model, random_init=True, device="cpu", seed=args.seed)
     if args.init is not None:  # continue from an earlier checkpoint of this script
-        from bench.models import load_state
+        from bench.models import load_state, model_entry
 
-        model.load_state_dict(load_state(args.init, "a micro checkpoint written by bench.train_micro"))
+        entry = model_entry(args.model)
+        model.load_state_dict(load_state(args.init, f"a {args.model} checkpoint written by bench.train_micro",
+                                         entry.family, entry.builtin))
     if world > 1:
         torch.manual_seed(args.seed * 1000 + rank)  # dropout differs per rank, the weights do not
     model.train()
@@ -263,7 +316,7 @@ def train(args: argparse.Namespace, rank: int = 0, world: int = 1) -> dict:
     grads = FlatGrads(list(model.parameters())) if world > 1 else None
     ema = None
     t0 = time.time()
-    bar = tqdm(range(args.steps), desc="train micro", file=sys.stderr, mininterval=5, disable=rank != 0)
+    bar = tqdm(range(args.steps), desc=f"train {args.model}", file=sys.stderr, mininterval=5, disable=rank != 0)
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
@@ -344,13 +397,16 @@ def save(args: argparse.Namespace, command: str, result: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="Train the micro SAM2 on the synthetic train stream (CPU or GPU).")
+    p = argparse.ArgumentParser(description="Train a built-in model (micro SAM2, sam-micro SAM) on the synthetic "
+                                            "train stream (CPU or GPU).")
     p.add_argument("--out", type=Path, required=True, help="checkpoint file to write")
+    p.add_argument("--model", choices=BUILTIN, default="micro", help="the built-in model to train (micro)")
     p.add_argument("--steps", type=int, default=9000, help="optimizer steps, video or image (9000)")
     p.add_argument("--seed", type=int, default=0, help="model init and sampling seed (0)")
     p.add_argument("--init", type=Path, default=None, help="start from this checkpoint instead of random weights")
     p.add_argument("--data-seed", type=int, default=0, help="synthetic data seed (0, as the shipped sets)")
-    p.add_argument("--video-fraction", type=float, default=0.5, help="share of video steps, the rest image (0.5)")
+    p.add_argument("--video-fraction", type=float, default=None,
+                   help="share of video steps, the rest image (0.5; SAM models have no video path: 0)")
     p.add_argument("--image-steps", type=int, default=0,
                    help="image-only steps first (box/click prompts), then the video/image mix (0)")
     p.add_argument("--prompts", type=int, default=1, help="jittered boxes per object in image steps (1)")
@@ -379,6 +435,11 @@ def main(argv: list[str] | None = None) -> None:
         prompt_counts(args.prompts, args.clicks)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
+    family = model_entry(args.model).family
+    if args.video_fraction is None:
+        args.video_fraction = 0.5 if family == "sam2" else 0.0
+    if family == "sam" and args.video_fraction > 0:
+        raise SystemExit(f"error: --video-fraction: {args.model} is a SAM model (no video path); use 0")
     if not 0 <= args.jpeg_quality <= 100:
         raise SystemExit("error: --jpeg-quality must be in 0..100 (0: off)")
     command = "python -m bench.train_micro " + " ".join(sys.argv[1:] if argv is None else argv)

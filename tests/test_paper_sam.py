@@ -22,12 +22,12 @@ REPO = Path(__file__).resolve().parents[1]
 COCO = "/datasets/coco"  # not a synthetic set: the record's dataset is "coco val"
 MODELS = ("sam-b", "sam-l")  # sam-h gets no records: its published rows must not appear
 # the papers' name -> our (method, variant) rows of the sweep that carry it; `+evalbug` rows
-# (the official code's evaluation, with which the figures were published) carry it too;
-# qdrop (PTQ4SAM-L without BIG and AGQ) is not a row of the sweep
+# (the official code's evaluation, with which the figures were published) carry it too
 OURS = {"fp": [("fp", "")], "minmax": [("rtn", "")], "ptq4sam-s": [("ptq4sam", "S")],
         "ptq4sam-l": [("ptq4sam", "L"), ("ptq4sam", "L+evalbug")],
         "saq-sam": [("saqsam", "PCC+PAR"), ("saqsam", "PCC+PAR+evalbug")],
-        "saq-sam-pcc-only": [("saqsam", "PCC")], "saq-sam-par-only": [("saqsam", "PAR")], "qdrop": []}
+        "saq-sam-pcc-only": [("saqsam", "PCC")], "saq-sam-par-only": [("saqsam", "PAR")],
+        "qdrop": [("ptq4sam", "L-noBIG-noAGQ")]}
 
 
 def coco_items(seed: int) -> list[dict]:

@@ -23,7 +23,7 @@ from segment_anything.modeling.transformer import Attention as SamAttention
 from torch import nn
 
 from bench import BenchError
-from bench.models import MODELS, build_model, count_params, image_predictor
+from bench.models import ASSET_DIR, MODELS, build_model, checkpoint_path, count_params, image_predictor
 from bench.quant import QuantPlan, QuantSpec, Scope, attention, quant_attentions, quant_layers, wrap
 from bench.quant.attention import QuantSamAttention, QuantSamEncoderAttention
 from bench.quant.scope import component_of
@@ -114,6 +114,42 @@ def test_checkpoint_round_trip(tmp_path, small_as_sam_b):
     loaded = build_model("sam-b", checkpoints=tmp_path, device="cpu", seed=99)
     for (k, a), b in zip(src.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+def test_sam_micro_is_sams_architecture_at_low_resolution(monkeypatch):
+    from segment_anything.modeling.image_encoder import window_partition
+
+    monkeypatch.delenv("BENCH_CHECKPOINTS", raising=False)
+    entry = MODELS["sam-micro"]
+    assert (entry.family, entry.builtin, entry.tasks) == ("sam", True, ("size", "instseg", "coco-map"))
+    assert checkpoint_path("sam-micro") == ASSET_DIR / "sam_micro.pt"
+    model = build_model("sam-micro", random_init=True, device="cpu")
+    assert 1.9e6 < count_params(model) < 2.1e6
+    enc = model.image_encoder
+    assert (enc.img_size, enc.patch_embed.proj.stride, model.prompt_encoder.embed_dim) == (256, (16, 16), 96)
+    windows = [b.window_size for b in enc.blocks]
+    assert windows == [6, 6, 0, 6, 6, 0]  # global attention every third block, as ViT-B..H
+    assert all(b.attn.use_rel_pos for b in enc.blocks)
+    _, pad = window_partition(torch.zeros(1, 16, 16, 1), 6)
+    assert pad == (18, 18)  # windows that do not divide the 16 x 16 grid: the padding path runs
+    assert model.mask_decoder.transformer.layers[0].cross_attn_token_to_image.num_heads == 8
+    pred = image_predictor(model)
+    pred.set_image(textured_image(0)[:192])  # 192 x 256, as the synthetic stills
+    masks, ious, _ = pred.predict(box=np.array([[10, 20, 120, 150]]), multimask_output=False)
+    assert masks.shape == (1, 192, 256) and ious.shape == (1,)
+
+
+def test_sam_micro_checkpoint_format(tmp_path):
+    """A built-in model's checkpoint is bench.train_micro's {"model", "meta"}; a bare state
+    dict (the official SAM layout) in its place is a one-line error."""
+    src = build_model("sam-micro", random_init=True, device="cpu", seed=4).state_dict()
+    torch.save({"model": src, "meta": {}}, tmp_path / "sam_micro.pt")
+    loaded = build_model("sam-micro", checkpoints=tmp_path, device="cpu", seed=9).state_dict()
+    assert all(torch.equal(v, loaded[k]) for k, v in src.items())
+    torch.save(src, tmp_path / "sam_micro.pt")
+    with pytest.raises(BenchError, match="no 'model' state dict inside") as e:
+        build_model("sam-micro", checkpoints=tmp_path, device="cpu")
+    assert "\n" not in str(e.value)
 
 
 def test_vos_on_a_sam_model_is_one_line_and_writes_nothing(tmp_path, capsys):

@@ -77,6 +77,8 @@ MALFORMED = [
     (VALID + "seeds: []\n", "seeds: expected a non-empty list of integers >= 0"),
     (VALID + "seeds: [0, -1]\n", "seeds[1]: expected an integer >= 0, got -1"),
     (VALID + "seeds: [2, 2]\n", "seeds: a seed is listed twice"),
+    (VALID.replace("[fp, rtn]", "[fp, {name: rtn, models: [sam-b]}]"),
+     "methods[1].models[0]: unknown 'sam-b'; allowed: micro"),
     (VALID.replace("[fp, rtn]", "[rtn, {name: rtn, options: {components: [mask_decoder]}}]"),
      "methods[1]: same method, variant and bits as methods[0] (default), other options (e.g. the scope): give"),
 ]
@@ -159,7 +161,9 @@ def test_shipped_sweeps_validate_and_smoke_covers_the_shipped_methods():
 
     smoke = load(REPO / "sweeps" / "smoke.yaml")
     assert {c.cell.method for c in smoke.cells} == {"fp", "rtn", "lsq", "pact", "qsam2", "ptq4sam", "saqsam"}
-    assert {c.cell.task for c in smoke.cells} == {"vos", "instseg"} and {c.cell.model for c in smoke.cells} == {"micro"}
+    assert {c.cell.task for c in smoke.cells} == {"vos", "instseg"}
+    assert {c.cell.method for c in smoke.cells if c.cell.model == "sam-micro"} == {"fp", "rtn", "ptq4sam"}
+    assert {c.cell.task for c in smoke.cells if c.cell.model == "sam-micro"} == {"instseg"}
     assert len({(c.cell.w_bits, c.cell.a_bits) for c in smoke.cells if c.cell.method != "fp"}) == 2
     for path in sorted((REPO / "sweeps").glob("*.yaml")):
         cells = load(path).cells
@@ -447,3 +451,15 @@ tasks: [vos, size]
     assert sorted((c.cell.model, c.cell.task) for c in sweep.cells if c.cell.method == "rtn") == [
         ("micro", "size"), ("micro", "vos"), ("sam-b", "size")]
     assert [s for s in sweep.skipped if "sam-b" in s] == ["sam-b vos: model family sam has no vos task"]
+
+
+def test_a_method_entry_can_name_its_models(tmp_path):
+    path = tmp_path / "models.yaml"
+    path.write_text("""
+models: [micro, sam-micro]
+methods: [fp, {name: rtn, models: [sam-micro]}, {name: lsq, models: micro, options: {steps: 1}}]
+bits: [[4, 4]]
+tasks: [instseg]
+""")
+    cells = {(c.cell.model, c.cell.method) for c in load(path).cells}
+    assert cells == {("micro", "fp"), ("sam-micro", "fp"), ("sam-micro", "rtn"), ("micro", "lsq")}

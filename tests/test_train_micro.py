@@ -41,6 +41,26 @@ def test_few_steps_write_a_loadable_checkpoint(tmp_path, processes):
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_sam_micro_trains_on_images_through_sams_heads(tmp_path, monkeypatch):
+    out = tmp_path / "sam_micro.pt"
+    train_micro.main(["--model", "sam-micro", "--out", str(out), "--steps", "3", "--warmup", "1", "--prompts", "2",
+                      "--seed", "1"])
+    meta = torch.load(out, weights_only=True)["meta"]
+    assert "--model sam-micro" in meta["command"] and meta["args"]["video_fraction"] == 0.0
+    assert math.isfinite(meta["final_loss"]) and meta["final_loss"] > 0
+    fresh = build_model("sam-micro", random_init=True, device="cpu", seed=1).state_dict()
+    monkeypatch.setenv("BENCH_CHECKPOINTS", str(tmp_path))
+    trained = build_model("sam-micro", device="cpu").state_dict()
+    moved = {k.split(".")[0] for k, v in trained.items() if v.is_floating_point() and not torch.equal(v, fresh[k])}
+    assert moved == {"image_encoder", "prompt_encoder", "mask_decoder"}
+
+
+def test_sam_micro_has_no_video_steps(tmp_path, capsys):
+    with pytest.raises(SystemExit, match="--video-fraction: sam-micro is a SAM model"):
+        train_micro.main(["--model", "sam-micro", "--out", str(tmp_path / "x.pt"), "--video-fraction", "0.5"])
+    assert not list(tmp_path.iterdir())
+
+
 def _sync_worker(rank: int, init_file: str, out: str) -> None:
     import torch.distributed as dist
 
