@@ -71,6 +71,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from statistics import fmean
 
 import numpy as np
 import torch
@@ -176,10 +177,6 @@ def encoder_linears(model: nn.Module) -> dict[str, QuantLinear]:
     }
 
 
-def _gram(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return a.t() @ b
-
-
 class _Stats:
     """Float64 Gram matrices of one layer's rows, each row with a ones column when the layer
     has a bias: over every row, xx = X^T X, qq = Q(X)^T Q(X), qx = Q(X)^T X (the layer's output
@@ -205,14 +202,14 @@ class _Stats:
         if self.layer.bias is not None:
             ones = b.new_ones(b.shape[0], 1)
             a, b = torch.cat([a, ones], 1), torch.cat([b, ones], 1)
-        self.xx += _gram(b, b)
-        self.qq += _gram(a, a)
-        self.qx += _gram(a, b)
+        self.xx += b.t() @ b
+        self.qq += a.t() @ a
+        self.qx += a.t() @ b
         if self.rows is not None:  # the fit's own rows: a seeded sample of this call's
             k = self.rows[self.calls] if self.calls < len(self.rows) else 0
             pick = torch.randperm(b.shape[0], generator=self.gen)[:k].to(b.device)
             fa = (a if self.quantized_fit else b)[pick]
-            g, h = _gram(fa, fa), _gram(fa, b[pick])
+            g, h = fa.t() @ fa, fa.t() @ b[pick]
             self.G, self.H = (g, h) if self.G is None else (self.G + g, self.H + h)
         self.calls += 1
 
@@ -284,15 +281,11 @@ def vrc(model: nn.Module, calib: CalibData | None, cfg: QSAM2Config) -> dict:
     for name, new in solved.items():
         _write(layers[name], new)
     return {"vrc_layers": len(layers), "vrc_passes": len(groups), "vrc_rows": cfg.vrc_rows,
-            "vrc_weight_norm_ratio": _mean([r["norm_after"] / max(r["norm_before"], 1e-30) for r in per_layer]),
-            "vrc_weight_var_ratio": _mean([r["var_after"] / max(r["var_before"], 1e-30) for r in per_layer]),
-            "vrc_qerr_before": _mean([r["qerr_before"] for r in per_layer]),
-            "vrc_qerr_after": _mean([r["qerr_after"] for r in per_layer]),
+            "vrc_weight_norm_ratio": fmean([r["norm_after"] / max(r["norm_before"], 1e-30) for r in per_layer]),
+            "vrc_weight_var_ratio": fmean([r["var_after"] / max(r["var_before"], 1e-30) for r in per_layer]),
+            "vrc_qerr_before": fmean([r["qerr_before"] for r in per_layer]),
+            "vrc_qerr_after": fmean([r["qerr_after"] for r in per_layer]),
             "layers": per_layer}
-
-
-def _mean(values: list[float]) -> float:
-    return float(sum(values) / len(values))
 
 
 def _solve(layer: QuantLinear, st: _Stats, cfg: QSAM2Config) -> torch.Tensor:
