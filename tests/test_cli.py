@@ -24,11 +24,13 @@ def test_list_shows_the_models_of_both_families_and_methods():
     out = cli("bench.list")
     assert out.returncode == 0
     models = out.stdout.split("methods:")[0].splitlines()[1:]
-    assert len(models) == 12  # 9 SAM2 (micro included) + 3 SAM
+    assert len(models) == 13  # 9 SAM2 (micro included) + 4 SAM (sam-micro included)
     for name in ("sam2.1-t", "sam2.1-s", "sam2.1-b+", "sam2.1-l", "sam2-t", "sam2-l", "micro", "sam-b", "sam-l",
-                 "sam-h"):
+                 "sam-h", "sam-micro"):
         assert any(line.split()[0] == name for line in models)
     assert "family sam;" in next(line for line in models if line.split()[0] == "sam-h")
+    micro_line = next(line for line in models if line.split()[0] == "sam-micro")
+    assert "family sam; tasks size, instseg, coco-map" in micro_line
     methods = out.stdout.split("methods:")[1].split("tasks:")[0]
     assert {line.split()[0] for line in methods.strip().splitlines()} >= {"fp", "rtn"}
     assert "size" in out.stdout.split("tasks:")[1]
