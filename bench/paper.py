@@ -36,7 +36,7 @@ import pandas as pd
 
 from bench import BenchError
 from bench.intervals import Paired
-from bench.results import bits_order, cell_index, cell_value, compare, metric
+from bench.results import EVAL_BUG, bits_order, cell_index, cell_value, compare, metric
 
 DATA = Path(__file__).parent / "data"
 PAPER_CSV = DATA / "paper_results.csv"
@@ -82,9 +82,6 @@ def load_paper(path: Path = PAPER_CSV) -> pd.DataFrame:
             r[key] = None if int(r[key]) == FULL_PRECISION else int(r[key])
         r["value"] = float(r["value"])
     return pd.DataFrame(rows, columns=list(COLUMNS), dtype=object)
-
-
-EVAL_BUG = "+evalbug"  # the variant suffix of `eval_dropout_bug: true` (bench.ptq.PTQPipeline.statistics_label)
 
 
 def paper_method(method: str, variant: str, tag: str = "") -> str | None:

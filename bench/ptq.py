@@ -60,6 +60,7 @@ from bench.quant.log2 import Log2Quantizer
 from bench.quant.observers import ACT_OBSERVERS, WEIGHT_OBSERVERS, LpSearch, PTQQuantizer, calibrate_weights_lp
 from bench.quant.scope import COMPONENTS, component_of
 from bench.recon import ReconSettings, block_units, frozen_params, recon_info, reconstruct_block, run_image_path
+from bench.results import EVAL_BUG
 
 BIG_TARGETS = ("token_to_image", "decoder")
 
@@ -263,7 +264,7 @@ class PTQPipeline(Method):
         """`head` with the shared switches: "-noBIG", "-noAGQ", "+evalbug" (`switch_label`)."""
         c = self.config
         label = head + ("" if c.big else "-noBIG") + ("" if c.agq else "-noAGQ")
-        return label + ("+evalbug" if c.eval_dropout_bug else ""), ("big", "agq", "eval_dropout_bug")
+        return label + (EVAL_BUG if c.eval_dropout_bug else ""), ("big", "agq", "eval_dropout_bug")
 
     def images(self, calib: CalibData | None) -> list[CalibImage]:
         if calib is None or not calib.images:

@@ -126,6 +126,11 @@ def label_with_unit(m: Metric) -> str:
 SIZE_RANK = {"micro": 0, "t": 1, "s": 2, "b+": 3, "b": 3, "l": 4, "h": 5}
 
 
+# the variant suffix of a row that reproduces the official PTQ4SAM code's evaluation bug
+# (`eval_dropout_bug: true`): set by bench.ptq, matched by bench.paper
+EVAL_BUG = "+evalbug"
+
+
 def bits_label(method: str, w: int | None, a: int | None) -> str:
     """`FP` for the reference row, else `W4A4` (`W4Afp`: activations not quantized)."""
     return "FP" if method == "fp" else f"W{w or 'fp'}A{a or 'fp'}"
