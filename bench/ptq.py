@@ -34,9 +34,10 @@ the encoder attention's relative positions from the quantized q (`rel_pos_q`,
 Choices where the paper and code are silent on SAM2 (config fields): the sign of a channel
 whose mean is exactly 0 is +1 (the official code would zero it); a bimodality test on
 `big_targets: decoder` extends BIG to every decoder attention; `recon_images` caps the
-calibration images used for reconstruction (0: all); `agq_max_calls` caps the calibration
-calls each AGQ search uses (0: all, the official); `mse_zp_steps` / `hist_bins` see
-bench/quant/observers.py (the last three are budget knobs for CPU runs).
+calibration images used for reconstruction (0: all); `recon_units` reconstructs only the
+first units in model order (0: all; for measuring one unit, bench.benchmarks.memory);
+`agq_max_calls` caps the calibration calls each AGQ search uses (0: all, the official);
+`mse_zp_steps` / `hist_bins` see bench/quant/observers.py (these are budget knobs for CPU runs).
 `eval_dropout_bug: true` reproduces the official evaluation bug (QDrop left on for the
 Linear/Conv inputs of reconstructed units, see bench/recon.py), off by default.
 """
@@ -80,7 +81,7 @@ class PTQConfig(QuantConfig):
     module docstring); SAQ-SAM's config adds its own."""
 
     budgets = QuantConfig.budgets | {"agq_max_calls", "mse_grid", "mse_zp_steps", "hist_bins", "iters", "w_lr",
-                                     "a_lr", "recon_images"}
+                                     "a_lr", "recon_images", "recon_units"}
     protocol = QuantConfig.protocol | {"recon_components"}  # the scope of reconstruction
 
     scope_preset: str = "ptq4sam"
@@ -112,6 +113,7 @@ class PTQConfig(QuantConfig):
     round_reg: float = ReconSettings.round_reg
     warmup: float = ReconSettings.warmup
     recon_images: int = 0
+    recon_units: int = 0  # reconstruct only the first N units (0: all): a cost cap for benchmarks, not the method
     recon_components: tuple[str, ...] = ("image_encoder", "mask_decoder")
 
     def __post_init__(self) -> None:
@@ -125,7 +127,8 @@ class PTQConfig(QuantConfig):
             check(getattr(self, f) in ACT_OBSERVERS, f, f"expected one of {', '.join(ACT_OBSERVERS)}")
         check(self.w_observer in WEIGHT_OBSERVERS, "w_observer", f"expected one of {', '.join(WEIGHT_OBSERVERS)}")
         for f, lo in (("kde_grid", 3), ("peak_distance", 1), ("mse_grid", 1), ("mse_zp_steps", 0),
-                      ("hist_bins", 2), ("iters", 0), ("recon_images", 0), ("agq_max_calls", 0)):
+                      ("hist_bins", 2), ("iters", 0), ("recon_images", 0), ("recon_units", 0),
+                      ("agq_max_calls", 0)):
             v = getattr(self, f)
             ok = isinstance(v, int) and not isinstance(v, bool) and v >= lo
             check(ok, f, f"expected an integer >= {lo}, got {v!r}")
@@ -302,6 +305,7 @@ class PTQPipeline(Method):
         """Block reconstruction of every unit (PTQ4SAM-L)."""
         s = self.config.recon_settings()
         results = {}
-        for name in progress(block_units(model, self.config.recon_components, images), "reconstruction"):
+        units = block_units(model, self.config.recon_components, images)[: self.config.recon_units or None]
+        for name in progress(units, "reconstruction"):
             results[name] = reconstruct_block(model, fp_model, name, images, s)
         return recon_info(results)

@@ -55,6 +55,16 @@ own mix (32 images and 8 windows of 4 frames: 20% video); `null` draws each samp
 often (see `sample_order`). Chosen on the held-out dev set (`sweeps/qat-dev.yaml`: synthetic
 sets of data seed 1, 0.5 against the data's own mix), not on the test split.
 
+Memory (`recompute`, a cost setting: results are the same bit for bit): "blocks" keeps only
+the input of each image-encoder block (and SAM2 memory-attention layer) for backward and
+recomputes the block there; "attention"
+recomputes only the quantized attentions' probabilities (the image encoder's, the decoder's
+and memory attention's, which in a video window attends over every earlier frame); "all"
+both; "off" neither; "auto" (default) is "all" at the real models' resolution (input >=
+512 px) and "off" below, where activations are small and recomputing costs time. The learned quantizers keep only
+their input for backward (bench.quant.learned), the samples keep their masks as bool, and the
+teacher's outputs are detached. Figures: `python -m bench.benchmarks.memory` (README).
+
 CPU, or CUDA with bf16 autocast (quantizers compute in float32). On CPU, bit-identical for a
 given seed and thread count; on CUDA up to the nondeterminism of some kernels (e.g. atomic
 adds in backward).
@@ -80,9 +90,11 @@ from bench import BenchError
 from bench.calib import CalibData
 from bench.method import Method, QuantConfig
 from bench.qat_samples import ClipSample, ImageSample, Sample, model_samples
+from bench.quant.attention import QuantAttentionMixin
 from bench.quant.fake import FakeQuantizer
 from bench.quant.learned import freeze_quantizers, learned_quantizers
 from bench.quant.modules import QuantLayer
+from bench.quant.recompute import recomputed
 from bench.sam2_train import features, mask_losses, track
 from bench.sam_predictor import is_sam, sam_forward
 
@@ -90,6 +102,10 @@ SCHEDULES = ("cosine", "constant")
 DISTILL = ("kl", "mse")
 SEG_LOSSES = ("focal", "bce")
 CLIP_SCOPES = ("joint", "separate")
+RECOMPUTE = ("auto", "off", "attention", "blocks", "all")
+# `recompute: auto` is "all" from this input size up (the real models: 1024 for SAM2.1 and SAM);
+# below it activations are small and recomputing costs time.
+RECOMPUTE_FROM_SIZE = 512
 
 
 @dataclass(frozen=True)
@@ -97,7 +113,8 @@ class QATConfig(QuantConfig):
     """Training budget and losses shared by the QAT methods (see the module docstring)."""
 
     # cost, not method (`seed` None is the cell's; `report_loss` only measures)
-    budgets = QuantConfig.budgets | {"steps", "batch_size", "lr", "lr_quant", "clip_frames", "report_loss", "seed"}
+    budgets = QuantConfig.budgets | {"steps", "batch_size", "lr", "lr_quant", "clip_frames", "report_loss", "seed",
+                                     "recompute"}
 
     steps: int = 600  # chosen on the dev set, see the module docstring
     batch_size: int = 1
@@ -119,6 +136,7 @@ class QATConfig(QuantConfig):
     report_loss: bool = True  # loss over all samples before and after training, in `info`
     seed: int | None = None  # None: the cell's seed (bench.run seeds torch with it before `apply`)
     video_share: float | None = 0.5  # share of video windows among the samples drawn; None: as they come
+    recompute: str = "auto"  # memory, not results: see `recomputation`
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -139,6 +157,7 @@ class QATConfig(QuantConfig):
         _choice(self, "distill", DISTILL)
         _choice(self, "seg_loss", SEG_LOSSES)
         _choice(self, "grad_clip_scope", CLIP_SCOPES)
+        _choice(self, "recompute", RECOMPUTE)
         for f in ("train_weights", "report_loss"):
             if not isinstance(getattr(self, f), bool):
                 raise BenchError(f"{f}: expected true or false, got {getattr(self, f)!r}")
@@ -282,8 +301,9 @@ def evaluate_loss(model: nn.Module, samples: list[Sample], teacher: list[dict], 
     device = _device(model)
     sums: dict[str, float] = {}
     with _autocast(device):
-        for s, ref in zip(samples, teacher):
-            terms = loss_terms(forward(model, s.to(device)), _ref_to(ref, device), s, cfg)
+        for sample, ref in zip(samples, teacher):
+            s = sample.to(device)
+            terms = loss_terms(forward(model, s), _ref_to(ref, device), s, cfg)
             terms["total"] = total_loss(terms, cfg)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
@@ -363,6 +383,46 @@ def _peak_memory(device: torch.device) -> dict[str, float | str]:
     return {"peak_mem_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "peak_mem_kind": "cpu_max_rss"}
 
 
+def recompute_mode(model: nn.Module, cfg: QATConfig) -> str:
+    """`cfg.recompute` with "auto" resolved by the model's input size."""
+    if cfg.recompute != "auto":
+        return cfg.recompute
+    size = model.image_encoder.img_size if is_sam(model) else model.image_size
+    return "all" if size >= RECOMPUTE_FROM_SIZE else "off"
+
+
+def checkpointed_blocks(model: nn.Module) -> list[nn.Module]:
+    """The blocks `recompute: blocks` recomputes: the image encoder's transformer blocks (SAM's
+    ViT, SAM2's Hiera) and SAM2's memory-attention layers (in a video window they attend over
+    every earlier frame's memory)."""
+    if is_sam(model):
+        return list(model.image_encoder.blocks)
+    return [*model.image_encoder.trunk.blocks, *model.memory_attention.layers]
+
+
+@contextlib.contextmanager
+def recomputation(model: nn.Module, mode: str) -> Iterator[None]:
+    """Within the block, training steps keep fewer activations for backward and make them
+    again there (bench.quant.recompute; the gradients are unchanged): "attention", every
+    quantized attention's probabilities; "blocks", everything inside each of
+    `checkpointed_blocks` (only the blocks' inputs are kept); "all", both (inside a block being recomputed, its
+    attention probabilities are made a third time rather than held); "off", nothing."""
+    attentions = [m for m in model.modules() if isinstance(m, QuantAttentionMixin)] \
+        if mode in ("attention", "all") else []
+    blocks = checkpointed_blocks(model) if mode in ("blocks", "all") else []
+    for m in attentions:
+        m.recompute = True
+    for b in blocks:
+        b.forward = recomputed(b.forward)
+    try:
+        yield
+    finally:
+        for m in attentions:
+            del m.recompute
+        for b in blocks:
+            del b.forward
+
+
 def train_step(
     model: nn.Module,
     batch: list[tuple[Sample, dict]],
@@ -429,19 +489,21 @@ def train(
     for q in quantizers:
         q.train()  # LSC updates its EMA statistics in training mode
     order = sample_order(samples, cfg.video_share, torch.Generator().manual_seed(seed))
+    info["recompute"] = recompute_mode(model, cfg)
     t0 = time.perf_counter()
     ema = None
     bar = tqdm(range(cfg.steps), desc=desc, file=sys.stderr, mininterval=5, disable=cfg.steps == 0)
-    for step in bar:
-        for g in opt.param_groups if opt else ():
-            g["lr"] = g["base_lr"] * lr_factor(step, cfg)
-        batch = [next(order) for _ in range(cfg.batch_size)]
-        step_loss = train_step(model, [(samples[i], teacher[i]) for i in batch], cfg, opt, clip_sets, regularizer,
-                               quantizers)
-        for m in plain:  # plain weight quantizers follow the trained weights (min/max ranges)
-            m.calibrate_weight()
-        ema = step_loss if ema is None else 0.9 * ema + 0.1 * step_loss
-        bar.set_postfix(loss=f"{ema:.4f}", refresh=False)
+    with recomputation(model, info["recompute"]):
+        for step in bar:
+            for g in opt.param_groups if opt else ():
+                g["lr"] = g["base_lr"] * lr_factor(step, cfg)
+            batch = [next(order) for _ in range(cfg.batch_size)]
+            step_loss = train_step(model, [(samples[i], teacher[i]) for i in batch], cfg, opt, clip_sets,
+                                   regularizer, quantizers)
+            for m in plain:  # plain weight quantizers follow the trained weights (min/max ranges)
+                m.calibrate_weight()
+            ema = step_loss if ema is None else 0.9 * ema + 0.1 * step_loss
+            bar.set_postfix(loss=f"{ema:.4f}", refresh=False)
     info["qat_s"] = time.perf_counter() - t0
     info["qat_step_s"] = info["qat_s"] / max(1, cfg.steps)
     if opt:

@@ -25,30 +25,42 @@ from bench.sam_predictor import is_sam, sam_input, sam_masks
 class ImageSample:
     image: torch.Tensor  # (1, 3, S, S) normalized
     boxes: torch.Tensor  # (k, 2, 2) box corners in model-input pixels
-    masks: torch.Tensor | None  # (k, S, S) float GT masks, when known
+    masks: torch.Tensor | None  # (k, S, S) GT masks, when known (kept as bool; float from `to`)
 
     def to(self, device: torch.device) -> ImageSample:
-        m = None if self.masks is None else self.masks.to(device)
-        return ImageSample(self.image.to(device), self.boxes.to(device), m)
+        return ImageSample(self.image.to(device), self.boxes.to(device), _float(self.masks, device))
 
 
 @dataclass
 class ClipSample:
     frames: torch.Tensor  # (T, 3, S, S) normalized
-    prompts: torch.Tensor  # (k, 1, S, S) float masks of the first frame
-    targets: torch.Tensor | None  # (T, k, S, S) float GT masks, when known
+    prompts: torch.Tensor  # (k, 1, S, S) masks of the first frame (bool; float from `to`)
+    targets: torch.Tensor | None  # (T, k, S, S) GT masks, when known (bool; float from `to`)
 
     def to(self, device: torch.device) -> ClipSample:
-        t = None if self.targets is None else self.targets.to(device)
-        return ClipSample(self.frames.to(device), self.prompts.to(device), t)
+        return ClipSample(self.frames.to(device), _float(self.prompts, device), _float(self.targets, device))
 
 
 Sample = ImageSample | ClipSample
 
 
+def _float(masks: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    """Binary masks as the model and the losses take them. Samples keep them as bool: at
+    1024x1024 a float mask is 4 MiB, and 32 images of up to 16 objects hold 2 GiB of them."""
+    return None if masks is None else masks.to(device, torch.float32)
+
+
+def _binary(masks: torch.Tensor) -> torch.Tensor:
+    """A float 0/1 mask tensor as bool (nothing is lost: checked)."""
+    b = masks.bool()
+    if not torch.equal(b.float(), masks):
+        raise ValueError("masks are not binary")
+    return b
+
+
 def _resize_masks(masks: np.ndarray, size: int) -> torch.Tensor:
     m = torch.from_numpy(np.ascontiguousarray(masks)).float()[None]
-    return F.interpolate(m, size=(size, size), mode="nearest")[0]
+    return _binary(F.interpolate(m, size=(size, size), mode="nearest")[0])
 
 
 def _frame_files(folder: Path) -> list[Path]:
@@ -99,7 +111,7 @@ def sam_image_samples(calib: CalibData, model: nn.Module) -> list[ImageSample]:
         x, transform = sam_input(model, item.image)
         boxes = torch.from_numpy(transform.apply_boxes(item.boxes.astype(np.float32), item.image.shape[:2]))
         size = x.shape[-1]
-        masks = None if item.masks is None else sam_masks(item.masks, transform, size)
+        masks = None if item.masks is None else _binary(sam_masks(item.masks, transform, size))
         out.append(ImageSample(x.cpu(), boxes.float().reshape(-1, 2, 2), masks))
     if not out:
         raise BenchError("quantization-aware training of a SAM model needs calibration images")

@@ -259,7 +259,10 @@ def train(
     (`first_loss`, `last_loss`: soft rounding, QDrop on), the share of AdaRound weights still
     between the two rounding choices before hard rounding (`undecided`; high when the budget
     is too short for the regularizer to settle them), and `final_loss`: the mean over all
-    images after `finish` (hard rounding, QDrop off), the state that is evaluated."""
+    images after `finish` (hard rounding, QDrop off), the state that is evaluated, and
+    `cached_mb`: the unit's captured inputs and targets, the memory reconstruction holds for
+    one unit at a time (it grows with the images, and is the largest for the image encoder's
+    first, highest-resolution units)."""
     iters = s.iters if iters is None else iters
     if iters <= 0 or not q_calls:
         return {}
@@ -299,7 +302,21 @@ def train(
         undecided = soft / max(1, sum(h.numel() for h in hs))
         finish(st, s)
         final = sum(float(loss_fn(forward(Call(q_calls[i].args, q_calls[i].kwargs), i), i)) for i in range(n)) / n
-    return {"first_loss": first, "last_loss": last, "final_loss": final, "undecided": undecided}
+    return {"first_loss": first, "last_loss": last, "final_loss": final, "undecided": undecided,
+            "cached_mb": (tensor_bytes(q_calls) + tensor_bytes(fp_calls)) / 2**20}
+
+
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in a nest of calls, tuples, lists and dicts."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, Call):
+        return tensor_bytes(obj.args) + tensor_bytes(obj.kwargs) + tensor_bytes(obj.out)
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (tuple, list)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
 
 
 @torch.no_grad()
@@ -384,5 +401,5 @@ def reconstruct_block(model: nn.Module, fp_model: nn.Module, name: str, images: 
 
 def recon_info(results: dict[str, dict[str, float]]) -> dict:
     """A method's `info["recon"]`: per unit, `train`'s figures (one map each)."""
-    keys = ("last_loss", "final_loss", "undecided")
+    keys = ("last_loss", "final_loss", "undecided", "cached_mb")
     return {"units": len(results), **{k: {u: r.get(k) for u, r in results.items()} for k in keys}}

@@ -93,6 +93,7 @@ from bench.calib import CalibData, CalibImage
 from bench.ptq import PTQConfig, PTQPipeline, check, is_number
 from bench.quant import quant_attentions
 from bench.quant.fake import FakeQuantizer
+from bench.quant.recompute import recomputed
 from bench.quant.scope import component_of
 from bench.recon import (
     Call,
@@ -346,14 +347,18 @@ class PARContext:
                 h.remove()
 
     def stage_keys(self, q_trunk: nn.Module, stage: range, x: torch.Tensor, i: int) -> torch.Tensor:
-        """Image-token outputs of the FP transformer for stage output x continued in FP."""
+        """Image-token outputs of the FP transformer for stage output x continued in FP. Every
+        block, the stage's and the FP ones after it, is recomputed in backward
+        (bench.quant.recompute: the same gradients; QDrop's random masks are drawn again from
+        the saved generator state) so that a stage's reconstruction does not hold the whole
+        encoder's activations at the model's resolution."""
         trunk, enc = self.fp.image_encoder.trunk, self.fp.image_encoder
         ends = [e for e in trunk.stage_ends if e == trunk.stage_ends[-1] or trunk.return_interm_layers]
         levels = {}
         if stage.start - 1 in ends:  # the stage's input is itself a level (the last stage's feeds the embedding)
             levels[stage.start - 1] = x.permute(0, 3, 1, 2)
         for b in range(stage.start, len(trunk.blocks)):
-            x = (q_trunk if b in stage else trunk).blocks[b](x)
+            x = recomputed((q_trunk if b in stage else trunk).blocks[b])(x)
             if b in ends:
                 levels[b] = x.permute(0, 3, 1, 2)
         feats = [levels[e] if e in levels else x.new_zeros(s) for e, s in zip(ends, self.levels)]
@@ -443,7 +448,7 @@ class SAQSAM(PTQPipeline):
         into the FP model."""
         cfg, s = self.config, self.config.recon_settings()
         official = cfg.par and cfg.par_targets == "official"
-        units, prefix = saq_units(model, cfg, images), blocks_prefix(model)
+        units, prefix = saq_units(model, cfg, images)[: cfg.recon_units or None], blocks_prefix(model)
         waiting = {u: enabled_quantizers(model, unit_modules(*u, prefix)) for u in units} if official else {}
         set_enabled((q for qs in waiting.values() for q in qs), False)
         par, results = None, {}

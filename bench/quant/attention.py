@@ -9,7 +9,9 @@ quantizer with `needs_values` (PTQ4SAM's AGQ) observes through `observe_attentio
 on whole (unblocked) probability tensors.
 
 When neither probabilities are quantized nor `explicit` is set, SDPA is still used, so a
-wrapped model with quantizers off is the original computation.
+wrapped model with quantizers off is the original computation. In training, `recompute` (set
+by bench.qat's `recompute` option) keeps q, k and v instead of the probabilities and makes
+the core again in backward (bench.quant.recompute).
 
 SAM (v1, `segment_anything`) has the ViT encoder's `image_encoder.Attention` (windowed or
 global, with decomposed relative positions added to the logits) and the decoder's
@@ -35,6 +37,7 @@ from segment_anything.modeling.transformer import Attention as SamAttention
 from torch import nn
 
 from bench.quant.fake import FakeQuantizer, QuantSpec
+from bench.quant.recompute import recomputed
 
 # Probabilities per block in the explicit inference path (2^20 fp32 values = 4 MiB).
 BLOCK_ELEMENTS = 2**20
@@ -58,6 +61,7 @@ class QuantAttentionMixin:
     """Adds the q/k/v/probability quantizer slots and the explicit attention core."""
 
     SLOTS = ("q_quant", "k_quant", "v_quant", "p_quant")
+    recompute = False  # in training: probabilities made again in backward instead of kept (set by bench.qat)
 
     @classmethod
     def from_float(cls, module: nn.Module, qkv_spec: QuantSpec | None, p_spec: QuantSpec | None):
@@ -90,6 +94,8 @@ class QuantAttentionMixin:
         q = q * (1.0 / math.sqrt(q.shape[-1]))  # scale the (N, d) queries, not the (N, N) logits
         learning = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
         lead = q.shape[:-2]
+        if learning and self.recompute:
+            return recomputed(self._core)(q, k, v, dropout_p, rel=rel)
         if (
             self.keep_probs or learning or dropout_p > 0.0 or k.shape[:-2] != lead or v.shape[:-2] != lead
             or self.p_quant.observing or math.prod(q.shape[:-1]) * k.shape[-2] <= BLOCK_ELEMENTS

@@ -35,6 +35,7 @@ from bench.quant.attention import QuantAttentionMixin
 from bench.quant.fake import FakeQuantizer, QuantSpec, fake_quant, tensor_version
 from bench.quant.modules import QuantLayer
 from bench.quant.observers import lp_errors
+from bench.quant.recompute import statistics_frozen
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -57,27 +58,35 @@ class _LSQFunction(torch.autograd.Function):
     q_min or q_max outside (the range test is on v before rounding, as in the paper; a value
     exactly on a bound counts as inside, as torch.clamp's gradient does). The gradient of the
     learned `p` is that of s summed over the values it covers, times `factor` (d s / d p) and
-    `g`. One function with two saved tensors and two backward passes instead of autograd's
-    chain: with `out` = 1 outside the range and e = round(v) - v inside, clamp(v) outside,
-    grad_x = grad * (1 - out) and grad_s = <grad, e>."""
+    `g`. One function instead of autograd's chain: with `out` = 1 outside the range and
+    e = round(v) - v inside, clamp(v) outside, grad_x = grad * (1 - out) and grad_s = <grad, e>.
+    It keeps only x for backward (4 bytes a value, often shared with the caller) and makes
+    `out` and `e` again there, with the same arithmetic as the forward pass."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, p: torch.Tensor, factor, qmin: int, qmax: int, g: float) -> torch.Tensor:
+    def _parts(x: torch.Tensor, p: torch.Tensor, factor, qmin: int, qmax: int):
         s = p * factor
         v = x / s
         q = v.clamp(qmin, qmax)
         out = torch.sub(v, q).abs_().sign_()
         q.round_()
-        e = torch.sub(q, v).addcmul_(v, out)
-        ctx.save_for_backward(e, out)
-        ctx.factor, ctx.g, ctx.p_shape = factor, g, p.shape
+        return s, q, out, v
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: torch.Tensor, factor, qmin: int, qmax: int, g: float) -> torch.Tensor:
+        s, q, _, _ = _LSQFunction._parts(x, p, factor, qmin, qmax)
+        ctx.save_for_backward(x, p)
+        ctx.args = factor, qmin, qmax, g
         return q.mul_(s)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        e, out = ctx.saved_tensors
+        x, p = ctx.saved_tensors
+        factor, qmin, qmax, g = ctx.args
+        _, q, out, v = _LSQFunction._parts(x, p, factor, qmin, qmax)
+        e = q.sub_(v).addcmul_(v, out)
         gx = torch.addcmul(grad, grad, out, value=-1.0)
-        gp = _dot(grad, e, ctx.p_shape) * (ctx.factor * ctx.g)
+        gp = _dot(grad, e, p.shape) * (factor * g)
         return gx, gp, None, None, None, None
 
 
@@ -94,24 +103,36 @@ def lsq_quant(x: torch.Tensor, p: torch.Tensor, qmin: int, qmax: int, g: float =
 class _PACTFunction(torch.autograd.Function):
     """y_q = round(clip(x, lo, alpha) / s) * s, s = alpha / n, lo = -alpha (signed) or 0, with
     PACT's gradients: d y_q / d x = 1 where lo < x < alpha, else 0 (straight-through rounding);
-    d y_q / d alpha = 1 where x >= alpha, -1 where x <= -alpha (signed), else 0."""
+    d y_q / d alpha = 1 where x >= alpha, -1 where x <= -alpha (signed), else 0. Keeps only x
+    for backward and makes the masks again there."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, alpha: torch.Tensor, n: int, signed: bool) -> torch.Tensor:
+    def _bounds(x: torch.Tensor, alpha: torch.Tensor, signed: bool):
         a = float(alpha.detach()) if x.device.type == "cpu" else alpha  # scalar bounds: the fast CPU kernel
-        lo = -a if signed else 0.0
+        return a, (-a if signed else 0.0)
+
+    @staticmethod
+    def _masks(x: torch.Tensor, alpha: torch.Tensor, signed: bool):
+        a, lo = _PACTFunction._bounds(x, alpha, signed)
         hi_mask = _step(x - a)  # x >= alpha
         lo_mask = _step(torch.neg(x).sub_(-lo if signed else 0.0))  # x <= lo
         inside = torch.sub(1.0, hi_mask).sub_(lo_mask)
         ind = hi_mask.sub_(lo_mask) if signed else hi_mask
-        ctx.save_for_backward(inside, ind)
+        return inside, ind
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, alpha: torch.Tensor, n: int, signed: bool) -> torch.Tensor:
+        a, lo = _PACTFunction._bounds(x, alpha, signed)
+        ctx.save_for_backward(x, alpha)
+        ctx.signed = signed
         s = alpha / n
         y = x.clamp(lo, a) if x.device.type == "cpu" else torch.clamp(x, torch.zeros_like(alpha) + lo, alpha)
         return y.div_(s).round_().mul_(s)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        inside, ind = ctx.saved_tensors
+        x, alpha = ctx.saved_tensors
+        inside, ind = _PACTFunction._masks(x, alpha, ctx.signed)
         return grad * inside, torch.dot(grad.reshape(-1), ind.reshape(-1)), None, None
 
 
@@ -436,7 +457,8 @@ class LSCQuantizer(LearnedQuantizer):
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.is_grad_enabled():
             return self._float_quant(x, self.effective_scale())
-        if self.training:  # sigma <- m * sigma + (1 - m) * std(x), in place (no graph holds sigma)
+        if self.training and not statistics_frozen():  # sigma <- m * sigma + (1 - m) * std(x), in place
+            # (no graph holds sigma; not again while a checkpointed forward is recomputed)
             self.sigma.lerp_(self.statistic(x), 1 - self.momentum)
         return lsq_quant(x, self.alpha, self.spec.qmin, self.spec.qmax, factor=self.sigma / self.q_p)
 
@@ -449,13 +471,13 @@ class _FixedFunction(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, s: torch.Tensor, z: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
         q = (x / s).round_().add_(z)
         c = q.clamp(qmin, qmax)
-        ctx.save_for_backward(q.sub_(c).abs_().sign_())  # 1 outside
+        ctx.save_for_backward(q != c)  # outside the range (one byte a value)
         return c.sub_(z).mul_(s)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (out,) = ctx.saved_tensors
-        return torch.addcmul(grad, grad, out, value=-1.0), None, None, None, None
+        return torch.addcmul(grad, grad, out.to(grad.dtype), value=-1.0), None, None, None, None
 
 
 class _PlainRange(LearnedQuantizer):
