@@ -56,8 +56,8 @@ often (see `sample_order`). Chosen on the held-out dev set (`sweeps/qat-dev.yaml
 sets of data seed 1, 0.5 against the data's own mix), not on the test split.
 
 Memory (`recompute`, a cost setting: results are the same bit for bit): "blocks" keeps only
-the input of each image-encoder block (and SAM2 memory-attention layer) for backward and
-recomputes the block there; "attention"
+the input of each image-encoder block (and SAM2 memory-attention layer, and each tracked
+frame of a video window) for backward and recomputes it there; "attention"
 recomputes only the quantized attentions' probabilities (the image encoder's, the decoder's
 and memory attention's, which in a video window attends over every earlier frame); "all"
 both; "off" neither; "auto" (default) is "all" at the real models' resolution (input >=
@@ -204,10 +204,11 @@ def _clip_forward(model: nn.Module, s: ClipSample) -> dict:
     k = len(s.prompts)
     out = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
     heads = []
+    step = recomputed(track) if getattr(model, "recompute_frames", False) else track
     for t in range(len(s.frames)):
         prompt = s.prompts if t == 0 else None
-        current, multi, ious, obj = track(model, t, t == 0, feats, pos, sizes, k, out, len(s.frames),
-                                          mask_inputs=prompt)
+        current, multi, ious, obj = step(model, t, t == 0, feats, pos, sizes, k, out, len(s.frames),
+                                         mask_inputs=prompt)
         out["cond_frame_outputs" if t == 0 else "non_cond_frame_outputs"][t] = current
         if t > 0:
             heads.append((multi, ious, obj))
@@ -405,15 +406,20 @@ def recomputation(model: nn.Module, mode: str) -> Iterator[None]:
     """Within the block, training steps keep fewer activations for backward and make them
     again there (bench.quant.recompute; the gradients are unchanged): "attention", every
     quantized attention's probabilities; "blocks", everything inside each of
-    `checkpointed_blocks` (only the blocks' inputs are kept); "all", both (inside a block being recomputed, its
+    `checkpointed_blocks` (only the blocks' inputs are kept) and inside each tracked frame of a
+    SAM2 video window (decoder, memory attention, memory encoder: a frame reads only earlier
+    frames' memory, so it is made again the same); "all", both (inside a block being recomputed, its
     attention probabilities are made a third time rather than held); "off", nothing."""
     attentions = [m for m in model.modules() if isinstance(m, QuantAttentionMixin)] \
         if mode in ("attention", "all") else []
     blocks = checkpointed_blocks(model) if mode in ("blocks", "all") else []
+    frames = bool(blocks) and not is_sam(model)
     for m in attentions:
         m.recompute = True
     for b in blocks:
         b.forward = recomputed(b.forward)
+    if frames:
+        model.recompute_frames = True
     try:
         yield
     finally:
@@ -421,6 +427,8 @@ def recomputation(model: nn.Module, mode: str) -> Iterator[None]:
             del m.recompute
         for b in blocks:
             del b.forward
+        if frames:
+            del model.recompute_frames
 
 
 def train_step(

@@ -25,7 +25,7 @@ from bench.qat import (
 from bench.qat_samples import ImageSample, build_samples
 from bench.quant.attention import QuantAttentionMixin
 from bench.quant.learned import _FixedFunction, learned_quantizers, lsq_quant
-from bench.quant.recompute import recomputed, statistics_frozen
+from bench.quant.recompute import recomputed, recomputing, running_statistic
 from tests.conftest import make_method
 from tests.test_qat import _one_thread, calib  # noqa: F401  (fixtures: one thread, a tiny calibration set)
 
@@ -75,21 +75,36 @@ def test_fixed_quantizer_keeps_one_byte_per_value():
     assert torch.equal(x.grad, ((q >= 0) & (q <= 15)).float())
 
 
-def test_recomputed_function_freezes_statistics_only_while_recomputing():
+def test_recomputation_replays_running_statistics_of_every_call():
+    """A statistic that moves on every call (a layer run once per video frame) gives, while a
+    region is recomputed, the value each call used in the forward pass, also through a nested
+    region, and moves only in the forward pass."""
+    state = {"n": 0}
     seen = []
 
-    def f(x):
-        seen.append(statistics_frozen())
-        return (x * 2).sin()
+    def stat():
+        state["n"] += 1
+        return torch.tensor(float(state["n"]))
+
+    def layer(x):
+        seen.append(recomputing())
+        return (x * running_statistic(layer, stat)).sin()
+
+    def window(x):
+        return recomputed(layer)(layer(x))  # the same layer twice, the second call nested
 
     x = torch.randn(8, requires_grad=True)
-    y = recomputed(f)(x)
+    y = recomputed(window)(x)
+    assert state["n"] == 2 and seen == [False, False]
     y.sum().backward()
-    assert seen == [False, True]  # the forward pass, then the recomputation in backward
-    assert torch.allclose(x.grad, 2 * (2 * x.detach()).cos())
+    assert state["n"] == 2  # not moved again by the recomputations
+    assert seen[2:] and all(seen[2:])
+    h = (x.detach() * 1).sin()  # the forward pass used 1 then 2: y = sin(2 sin(x))
+    expect = (2 * h).cos() * 2 * x.detach().cos()
+    assert torch.allclose(x.grad, expect)
     with torch.no_grad():
-        recomputed(f)(x)
-    assert seen == [False, True, False]  # no gradient wanted: a plain call
+        recomputed(window)(x)
+    assert state["n"] == 4 and seen[-2:] == [False, False]  # no gradient wanted: plain calls
 
 
 @pytest.mark.parametrize("method", ["lsq", "qsam2"])

@@ -35,7 +35,7 @@ from bench.quant.attention import QuantAttentionMixin
 from bench.quant.fake import FakeQuantizer, QuantSpec, fake_quant, tensor_version
 from bench.quant.modules import QuantLayer
 from bench.quant.observers import lp_errors
-from bench.quant.recompute import statistics_frozen
+from bench.quant.recompute import running_statistic
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -457,10 +457,11 @@ class LSCQuantizer(LearnedQuantizer):
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.is_grad_enabled():
             return self._float_quant(x, self.effective_scale())
-        if self.training and not statistics_frozen():  # sigma <- m * sigma + (1 - m) * std(x), in place
-            # (no graph holds sigma; not again while a checkpointed forward is recomputed)
-            self.sigma.lerp_(self.statistic(x), 1 - self.momentum)
-        return lsq_quant(x, self.alpha, self.spec.qmin, self.spec.qmax, factor=self.sigma / self.q_p)
+        sigma = self.sigma
+        if self.training:  # sigma <- m * sigma + (1 - m) * std(x), in place (no graph holds it);
+            # a recomputation in backward gets the value this call used (bench.quant.recompute)
+            sigma = running_statistic(self, lambda: self.sigma.lerp_(self.statistic(x), 1 - self.momentum).clone())
+        return lsq_quant(x, self.alpha, self.spec.qmin, self.spec.qmax, factor=sigma / self.q_p)
 
 
 class _FixedFunction(torch.autograd.Function):
