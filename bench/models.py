@@ -24,8 +24,8 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 ASSET_DIR = Path(__file__).parent / "assets"
 
 
-SAM2_TASKS = ("size", "vos", "instseg", "coco-map")
-SAM_TASKS = ("size", "instseg", "coco-map")  # images only: SAM has no memory, so no vos
+SAM2_TASKS = ("size", "vos", "instseg", "coco-map", "latency")
+SAM_TASKS = ("size", "instseg", "coco-map", "latency")  # images only: SAM has no memory, so no vos
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,23 @@ METRICS: tuple[Metric, ...] = (
     Metric("size", "bf16_bytes", "BF16 size", False, unit="MiB", scale=1 / MIB, digits=2, tolerance=0, table=False),
     Metric("size", "x_smaller_than_bf16", "x smaller than BF16", True, unit="x", digits=2, tolerance=0.01),
     Metric("size", "overhead_vs_bound", "overhead vs bound", False, unit="x", digits=3, tolerance=0.01, table=False),
+    # latency: timings (never regression-compared), bytes and the deployed-vs-fake-quant fidelity
+    Metric("latency", "image_encoder_speedup", "encoder speed-up vs FP", True, unit="x", digits=2, tolerance=None,
+           headline=True),
+    Metric("latency", "image_encoder_ms", "encoder latency", False, unit="ms", digits=0, tolerance=None),
+    Metric("latency", "decode_ms", "box decode latency", False, unit="ms", digits=1, tolerance=None),
+    Metric("latency", "track_frame_ms", "tracked frame latency", False, unit="ms", digits=0, tolerance=None),
+    Metric("latency", "peak_mem_mb", "peak memory", False, unit="MiB", digits=0, tolerance=None, table=False),
+    Metric("latency", "deployed_linear_bytes", "deployed Linear weights", False, unit="MiB", scale=1 / MIB, digits=2,
+           tolerance=0),
+    Metric("latency", "deployed_model_bytes", "deployed model", False, unit="MiB", scale=1 / MIB, digits=2,
+           tolerance=0, table=False),
+    Metric("latency", "fidelity_instseg_mask_iou", "mask IoU deployed vs fake-quant (instseg)", True, unit="x",
+           digits=3, tolerance=0.01),
+    Metric("latency", "fidelity_vos_mask_iou", "mask IoU deployed vs fake-quant (vos)", True, unit="x", digits=3,
+           tolerance=0.01),
+    Metric("latency", "fidelity_delta_mIoU", "mIoU deployed - fake-quant", None, digits=2, tolerance=0.5),
+    Metric("latency", "fidelity_delta_J&F", "J&F deployed - fake-quant", None, digits=2, tolerance=0.5),
 )
 _BY_KEY = {(m.task, m.key): m for m in METRICS}
 HEADLINE = {m.task: m for m in METRICS if m.headline}

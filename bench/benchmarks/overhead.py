@@ -50,11 +50,14 @@ def features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return out["vision_features"] if isinstance(out, dict) else out
 
 
-def ours(fp: nn.Module, attention: bool, calib: list[torch.Tensor], scope: Scope) -> nn.Module:
-    """A calibrated W4A4 RTN copy (encoder-only observation of activation ranges)."""
+def ours(fp: nn.Module, attention: bool, calib: list[torch.Tensor], scope: Scope, w_bits: int = 4,
+         a_bits: int | None = 4) -> nn.Module:
+    """A calibrated RTN copy, W4A4 by default (encoder-only observation of activation ranges;
+    `a_bits` None: weight-only)."""
     model = copy.deepcopy(fp)
-    a4 = QuantSpec(4) if attention else None
-    wrap(model, QuantPlan(QuantSpec(4, granularity="channel"), QuantSpec(4), a4, a4, scope))
+    a = QuantSpec(a_bits) if a_bits else None
+    attn = a if attention else None
+    wrap(model, QuantPlan(QuantSpec(w_bits, granularity="channel"), a, attn, attn, scope))
     calibrate_weights(model)
     quantizers = [q for _, q in activation_quantizers(model)]
     for q in quantizers:

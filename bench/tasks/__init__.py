@@ -17,6 +17,7 @@ TASKS.register("size", "bench.tasks.size:run")
 TASKS.register("vos", "bench.tasks.vos:run")
 TASKS.register("instseg", "bench.tasks.instseg:run")
 TASKS.register("coco-map", "bench.tasks.coco_map:run")
+TASKS.register("latency", "bench.tasks.latency:run")
 
 DATA_FREE_TASKS = frozenset({"size"})  # tasks that read no dataset
 

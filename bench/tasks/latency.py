@@ -1,0 +1,183 @@
+"""`latency`: the deployed model (bench.deploy) against FP, measured, and its fidelity.
+
+The quantized model's Linear layers go onto the integer backend for its bit configuration
+(`backend` option, or the default for the device); a configuration no backend runs is recorded
+as `deployed: false` with the reason, not as a failure. Timed in one process, FP and deployed
+alternating, median of `latency_repeats` (default 5) after a warm-up: the image encoder at the
+model's resolution, one box-prompted decode on the set image, and (SAM2) one tracked video
+frame of a synthetic clip (`propagate_in_video`, per frame after the prompted one). FP is the
+same model with every quantizer off. Also: peak memory of the deployed runs (CPU resident set
+or CUDA max allocated), the bytes of the deployed Linear layers against their BF16 bytes and
+of the whole deployed model's tensors, the backend and its version.
+
+Fidelity (with a COCO-layout set, `coco_root`): on the instseg boxes, the deployed model's
+masks against the fake-quantized model's (mean IoU over objects) and the mIoU difference;
+with a video set (`davis_root`), the same per object and frame, and the J&F difference.
+This checks that the fake-quant accuracy the harness reports is what the deployed model gives.
+"""
+
+from __future__ import annotations
+
+import copy
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from bench.deploy import Deployment, deploy
+from bench.quant.fake import FakeQuantizer
+from bench.tasks import TaskContext
+
+
+def float_model(model: nn.Module) -> nn.Module:
+    """`model` with every quantizer off: the FP computation on the same weights."""
+    fp = copy.deepcopy(model)
+    for m in fp.modules():
+        if isinstance(m, FakeQuantizer):
+            m.enabled = False
+    return fp
+
+
+def _is_sam2(model: nn.Module) -> bool:
+    return hasattr(model, "memory_attention")
+
+
+def _size(model: nn.Module) -> int:
+    return model.image_size if _is_sam2(model) else model.image_encoder.img_size
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _alternating(fns: dict[str, Callable[[], float | None]], repeats: int, device: torch.device) -> dict[str, float]:
+    """Median seconds of each function (a function may return its own per-unit time)."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for f in fns.values():
+        f()  # warm-up
+    for r in range(repeats):
+        names = list(fns)[r % len(fns):] + list(fns)[: r % len(fns)]
+        for k in names:
+            _sync(device)
+            t0 = time.perf_counter()
+            own = fns[k]()
+            _sync(device)
+            times[k].append(own if own is not None else time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _clip(work: Path, size: int, frames: int) -> Path:
+    """A synthetic clip: a bright square drifting over noise, as JPEG frames."""
+    folder = work / "latency_clip"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for t in range(frames):
+        img = rng.integers(0, 80, (size, size, 3), dtype=np.uint8)
+        o = size // 4 + t * size // 32
+        img[o : o + size // 4, o : o + size // 4] = 230
+        Image.fromarray(img).save(folder / f"{t:05d}.jpg", quality=95)
+    return folder
+
+
+def _track(model: nn.Module, folder: Path, size: int) -> float:
+    """Seconds per tracked frame after the prompted one."""
+    state = model.init_state(str(folder))
+    mask = np.zeros((size, size), bool)
+    mask[size // 4 : size // 2, size // 4 : size // 2] = True
+    model.add_new_mask(state, frame_idx=0, obj_id=1, mask=mask)
+    stamps = [time.perf_counter() for _ in model.propagate_in_video(state)]
+    model.reset_state(state)
+    return (stamps[-1] - stamps[0]) / max(1, len(stamps) - 1)
+
+
+def _no_value(_output: object) -> None:
+    return None
+
+
+def timings(fp: nn.Module, dep: nn.Module, ctx: TaskContext) -> dict:
+    from bench.models import image_predictor
+
+    device = next(dep.parameters()).device
+    size, repeats = _size(dep), int(ctx.options.get("latency_repeats", 5))
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+    image = (np.random.default_rng(0).random((size, size, 3)) * 255).astype(np.uint8)
+    box = np.array([[size * 0.25, size * 0.25, size * 0.6, size * 0.7]], np.float32)
+    out = {}
+    with torch.inference_mode():
+        med = _alternating({k: (lambda m=m: _no_value(m.image_encoder(x))) for k, m in (("fp", fp), ("deployed", dep))},
+                           repeats, device)
+        out.update(image_encoder_ms_fp=1e3 * med["fp"], image_encoder_ms=1e3 * med["deployed"])
+        preds = {"fp": image_predictor(fp), "deployed": image_predictor(dep)}
+        for p in preds.values():
+            p.set_image(image)
+        med = _alternating({k: (lambda p=p: _no_value(p.predict(box=box, multimask_output=False)))
+                            for k, p in preds.items()}, repeats, device)
+        out.update(decode_ms_fp=1e3 * med["fp"], decode_ms=1e3 * med["deployed"])
+        if _is_sam2(dep):
+            folder = _clip(ctx.work_dir, size, int(ctx.options.get("latency_frames", 4)))
+            med = _alternating({"fp": lambda: _track(fp, folder, size), "deployed": lambda: _track(dep, folder, size)},
+                               max(1, repeats // 2), device)
+            out.update(track_frame_ms_fp=1e3 * med["fp"], track_frame_ms=1e3 * med["deployed"])
+    for k in ("image_encoder", "decode", "track_frame"):
+        if f"{k}_ms" in out:
+            out[f"{k}_speedup"] = out[f"{k}_ms_fp"] / out[f"{k}_ms"]
+    out["peak_mem_mb"] = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+                          else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
+    return out
+
+
+def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def fidelity(fake: nn.Module, dep: nn.Module, ctx: TaskContext) -> dict:
+    """Deployed vs fake-quantized on the task data (each dataset given)."""
+    from bench.tasks import instseg, vos
+
+    out = {}
+    opts = {**ctx.options, "progress": False}
+    if opts.get("coco_root"):
+        sub = TaskContext(ctx.model_name, ctx.device, ctx.work_dir, opts)
+        a, b = (dict(instseg.predictions(m, sub)) for m in (fake, dep))
+        ious = [_mask_iou(a[k], b[k]) for k in a]
+        out["fidelity_instseg_mask_iou"] = float(np.mean(ious)) if ious else None
+        res = [instseg.run(m, sub)["mIoU"] for m in (fake, dep)]
+        out["fidelity_delta_mIoU"] = res[1] - res[0]
+    if opts.get("davis_root") and _is_sam2(dep):
+        runs = []
+        for tag, m in (("fake", fake), ("deployed", dep)):
+            work = ctx.work_dir / f"fidelity_{tag}"
+            work.mkdir(parents=True, exist_ok=True)
+            runs.append((vos.run(m, TaskContext(ctx.model_name, ctx.device, work, opts)), work / "vos_predictions"))
+        ious = []
+        for png in sorted(runs[0][1].rglob("*.png")):
+            la = np.array(Image.open(png))
+            lb = np.array(Image.open(runs[1][1] / png.relative_to(runs[0][1])))
+            ious += [_mask_iou(la == i, lb == i) for i in np.union1d(np.unique(la), np.unique(lb)) if i]
+        out["fidelity_vos_mask_iou"] = float(np.mean(ious)) if ious else None
+        out["fidelity_delta_J&F"] = runs[1][0]["J&F"] - runs[0][0]["J&F"]
+    return out
+
+
+def run(model: nn.Module, ctx: TaskContext) -> dict:
+    dep: Deployment = deploy(model, ctx.options.get("backend"))
+    if dep.model is None:
+        reasons = sorted(set(dep.left.values()))
+        return {"deployed": False, "backend": dep.backend, "no_backend": "; ".join(reasons) or "nothing quantized"}
+    model.eval()
+    dep.model.eval()
+    out = {"deployed": True, **dep.info()}
+    out["deployed_model_bytes"] = out["deployed_linear_bytes"] + sum(
+        t.numel() * t.element_size() for n, t in dep.model.state_dict().items()
+        if n.rpartition(".")[0] not in dep.converted)
+    out.update(timings(float_model(model), dep.model, ctx))
+    out.update(fidelity(model, dep.model, ctx))
+    return out

@@ -1,0 +1,109 @@
+"""The deployed form (bench.deploy): codes and scales carried over, integer kernels that give
+the fake-quantized layer's outputs, and the latency task's record on the micro model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from bench import BenchError
+from bench.deploy import BACKENDS, Int4WeightLinear, Int8Linear, config_of, deploy
+from bench.quant.fake import QuantSpec
+from bench.quant.modules import QuantLinear
+
+
+def _layer(w_bits: int, a_bits: int | None, k: int = 256, n: int = 96, symmetric: bool = False, seed: int = 0):
+    torch.manual_seed(seed)
+    ql = QuantLinear(nn.Linear(k, n), QuantSpec(w_bits, symmetric=symmetric, granularity="channel"),
+                     QuantSpec(a_bits) if a_bits else None)
+    ql.calibrate_weight()
+    x = torch.randn(300, k) * 2 + 0.5
+    if a_bits:
+        ql.aq.observe(x)
+        ql.aq.calibrate_from_observed()
+    return ql, x
+
+
+@pytest.mark.parametrize("kernel", ["int8-intmm", "int8-onednn"])
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_w8a8_layer_equals_its_fake_quant_layer(kernel, symmetric):
+    ql, x = _layer(8, 8, symmetric=symmetric)
+    d = Int8Linear(ql, kernel)
+    assert d.weight_centered == symmetric  # symmetric weights need no zero-point term
+    with torch.no_grad():
+        ref, out = ql(x), d(x)
+    # integer products are exact; only the float epilogue rounds
+    assert torch.allclose(out, ref, rtol=0, atol=1e-5 * ref.abs().max().item())
+    # the same codes: re-deriving the weight from the kernel's int8 codes gives the layer's weight
+    if kernel == "int8-intmm":
+        w = (d.w_t.t().int() - d.zp_w[:, None]) * d.w_scale[:, None]
+        assert torch.equal(w, ql.qweight().detach())
+    assert d.s_x == float(ql.aq.scale) and d.zu_x == int(ql.aq.zero_point)
+
+
+def test_w8a8_codes_match_the_fake_quantizer_exactly():
+    ql, x = _layer(8, 8)
+    d = Int8Linear(ql, "int8-onednn")
+    u, _ = d._codes(x, signed=False)
+    s, z = ql.aq.scale, ql.aq.zero_point
+    expected = torch.clamp(torch.round(x / s) + z, 0, 255).to(torch.uint8)
+    assert torch.equal(u, expected)
+
+
+def test_w4_weight_only_layer_and_bytes():
+    ql, x = _layer(4, None)
+    d = Int4WeightLinear(ql)
+    with torch.no_grad():
+        ref, out = ql(x), d(x)
+    # BF16 activations and scales (the kernel's format): a relative error of a few 2^-8
+    assert (out - ref).abs().max() <= 0.02 * ref.abs().max()
+    bf16 = 2 * ql.weight.numel()
+    assert d.deployed_bytes() <= 0.3 * bf16
+
+
+def test_configs_and_what_is_left():
+    assert config_of(_layer(8, 8)[0]) == "W8A8"
+    assert config_of(_layer(4, None)[0]) == "W4"
+    assert "no integer backend" in config_of(_layer(4, 4)[0])
+    model = nn.Sequential(_layer(8, 8)[0], nn.ReLU(), _layer(4, 4, k=96)[0])
+    dep = deploy(model)
+    assert dep.backend == "int8-onednn" and dep.converted == ["0"]
+    assert dep.left == {"2": "W4A4: no integer backend"}
+    assert isinstance(dep.model[0], Int8Linear) and isinstance(model[0], QuantLinear)  # a copy
+    none = deploy(nn.Sequential(_layer(4, 4)[0]))
+    assert none.model is None and none.backend is None
+    with pytest.raises(BenchError, match="backend: unknown"):
+        deploy(model, "int3-magic")
+    assert set(BACKENDS) >= {"int8-intmm", "int8-onednn", "int4-tinygemm"}
+
+
+def test_latency_task_record_on_micro(tmp_path):
+    """RTN W8A8 on the micro model: deployed, timed, and its masks agree with the fake-quant
+    model's (the issue's fidelity goal: mean mask IoU >= 0.98, |delta| <= 0.5)."""
+    out = tmp_path / "rec.json"
+    proc = subprocess.run([sys.executable, "-m", "bench.run", "--method", "rtn", "--w-bits", "8", "--a-bits", "8",
+                           "--task", "latency", "--out", str(out), "--set", "scope_preset=all"],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    m = json.loads(out.read_text())["metrics"]
+    assert m["deployed"] and m["backend"] == "int8-onednn" and m["layers_deployed"] > 0
+    assert m["deployed_linear_bytes"] < 0.6 * m["deployed_linear_bf16_bytes"]
+    for k in ("image_encoder_ms", "image_encoder_ms_fp", "decode_ms", "track_frame_ms"):
+        assert m[k] > 0
+    assert m["fidelity_instseg_mask_iou"] >= 0.98 and m["fidelity_vos_mask_iou"] >= 0.98
+    assert abs(m["fidelity_delta_mIoU"]) <= 0.5 and abs(m["fidelity_delta_J&F"]) <= 0.5
+
+
+def test_latency_task_records_a_configuration_without_backend(tmp_path):
+    out = tmp_path / "rec.json"
+    proc = subprocess.run([sys.executable, "-m", "bench.run", "--method", "rtn", "--w-bits", "4", "--a-bits", "4",
+                           "--task", "latency", "--out", str(out)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rec = json.loads(out.read_text())
+    assert rec["status"] == "ok"
+    assert rec["metrics"]["deployed"] is False and "W4A4: no integer backend" in rec["metrics"]["no_backend"]
