@@ -64,7 +64,7 @@ def test_entries_official_names_family_and_tasks(capsys):
 
     for name, file in OFFICIAL.items():
         entry = MODELS[name]
-        assert (entry.checkpoint, entry.family, entry.tasks) == (file, "sam", ("size", "instseg", "coco-map"))
+        assert (entry.checkpoint, entry.family, entry.tasks) == (file, "sam", ("size", "instseg", "coco-map", "latency"))
     assert "vos" in MODELS["sam2.1-t"].tasks and MODELS["micro"].family == "sam2"
     bench_list.main([])
     line = next(x for x in capsys.readouterr().out.splitlines() if x.strip().startswith("sam-l "))
@@ -121,7 +121,7 @@ def test_sam_micro_is_sams_architecture_at_low_resolution(monkeypatch):
 
     monkeypatch.delenv("BENCH_CHECKPOINTS", raising=False)
     entry = MODELS["sam-micro"]
-    assert (entry.family, entry.builtin, entry.tasks) == ("sam", True, ("size", "instseg", "coco-map"))
+    assert (entry.family, entry.builtin, entry.tasks) == ("sam", True, ("size", "instseg", "coco-map", "latency"))
     assert checkpoint_path("sam-micro") == ASSET_DIR / "sam_micro.pt"
     model = build_model("sam-micro", random_init=True, device="cpu")
     assert 1.9e6 < count_params(model) < 2.1e6
