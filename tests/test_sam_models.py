@@ -64,7 +64,8 @@ def test_entries_official_names_family_and_tasks(capsys):
 
     for name, file in OFFICIAL.items():
         entry = MODELS[name]
-        assert (entry.checkpoint, entry.family, entry.tasks) == (file, "sam", ("size", "instseg", "coco-map", "latency"))
+        tasks = ("size", "instseg", "coco-map", "latency")
+        assert (entry.checkpoint, entry.family, entry.tasks) == (file, "sam", tasks)
     assert "vos" in MODELS["sam2.1-t"].tasks and MODELS["micro"].family == "sam2"
     bench_list.main([])
     line = next(x for x in capsys.readouterr().out.splitlines() if x.strip().startswith("sam-l "))

@@ -41,11 +41,10 @@ def dataset(ctx: TaskContext) -> CocoSet:
     return CocoSet(o["coco_root"], split=o.get("split", "val"), max_images=o.get("max_images"))
 
 
-def predictions(model: nn.Module, ctx: TaskContext):
+def predictions(model: nn.Module, ctx: TaskContext, ds: CocoSet):
     """((image id, annotation), predicted mask (H, W) bool) for every annotation with a box."""
     from bench.models import image_predictor
 
-    ds = dataset(ctx)
     multimask = bool(ctx.options.get("multimask", False))
     predictor = image_predictor(model)
     for image_id in tqdm(ds.image_ids, desc="instseg", unit="img", disable=not ctx.options.get("progress", True)):
@@ -56,20 +55,21 @@ def predictions(model: nn.Module, ctx: TaskContext):
         boxes = np.array([box_xywh_to_xyxy(a["bbox"]) for a in anns], dtype=np.float32)
         masks, _ = predict_boxes(predictor, boxes, multimask)
         for ann, mask in zip(anns, masks):
-            yield (int(image_id), int(ann["id"])), mask
+            yield (int(image_id), ann), mask
+
+
+def score(ds: CocoSet, preds) -> dict:
+    """mIoU (all and per area range) and the per-object items of ((image id, annotation), mask) pairs."""
+    acc = MaskIoUAccumulator()
+    items = []  # one per scored object: what mIoU and its interval are computed from
+    for (image_id, ann), mask in preds:
+        iou = acc.add(mask, ds.gt_mask(ann), ann["area"])
+        if iou is not None:
+            items.append({"image": image_id, "object": int(ann["id"]), "IoU": 100.0 * iou,
+                          "area": area_range(ann["area"])})
+    return {**acc.result(), "images": len(ds.image_ids), "items": items}
 
 
 def run(model: nn.Module, ctx: TaskContext) -> dict:
     ds = dataset(ctx)
-    acc = MaskIoUAccumulator()
-    items = []  # one per scored object: what mIoU and its interval are computed from
-    anns = {}
-    for (image_id, ann_id), mask in predictions(model, ctx):
-        if image_id not in anns:
-            anns[image_id] = {a["id"]: a for a in ds.annotations(image_id)}
-        ann = anns[image_id][ann_id]
-        iou = acc.add(mask, ds.gt_mask(ann), ann["area"])
-        if iou is not None:
-            items.append({"image": image_id, "object": ann_id, "IoU": 100.0 * iou, "area": area_range(ann["area"])})
-    multimask = bool(ctx.options.get("multimask", False))
-    return {**acc.result(), "multimask": multimask, "images": len(ds.image_ids), "items": items}
+    return {**score(ds, predictions(model, ctx, ds)), "multimask": bool(ctx.options.get("multimask", False))}

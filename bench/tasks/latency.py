@@ -146,11 +146,11 @@ def fidelity(fake: nn.Module, dep: nn.Module, ctx: TaskContext) -> dict:
     opts = {**ctx.options, "progress": False}
     if opts.get("coco_root"):
         sub = TaskContext(ctx.model_name, ctx.device, ctx.work_dir, opts)
-        a, b = (dict(instseg.predictions(m, sub)) for m in (fake, dep))
-        ious = [_mask_iou(a[k], b[k]) for k in a]
+        ds = instseg.dataset(sub)
+        a, b = (list(instseg.predictions(m, sub, ds)) for m in (fake, dep))
+        ious = [_mask_iou(ma, mb) for (_, ma), (_, mb) in zip(a, b)]
         out["fidelity_instseg_mask_iou"] = float(np.mean(ious)) if ious else None
-        res = [instseg.run(m, sub)["mIoU"] for m in (fake, dep)]
-        out["fidelity_delta_mIoU"] = res[1] - res[0]
+        out["fidelity_delta_mIoU"] = instseg.score(ds, b)["mIoU"] - instseg.score(ds, a)["mIoU"]
     if opts.get("davis_root") and _is_sam2(dep):
         runs = []
         for tag, m in (("fake", fake), ("deployed", dep)):
