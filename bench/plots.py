@@ -2,6 +2,8 @@
 
     plots/<task>_<metric>_vs_bits.png|.pdf  a line per method (+variant), a panel per model, FP dashed
     plots/<task>_<metric>_vs_size.png|.pdf  a point per cell, a panel per model, Pareto front joined
+    plots/<task>_<metric>_vs_latency|vs_deployed_bytes  the same against the `latency` task's
+        measured encoder latency and deployed model bytes
 
 Called by `bench.report` (`write_plots`); reads only the cells table that `bench.results.load_cells`
 builds. Error bars: the cells' 95% bootstrap intervals. Matplotlib and seaborn are imported on
@@ -31,6 +33,14 @@ from bench.results import (
 )
 
 SIZE = metric("size", "size_bytes")
+# the x axes of the scatter plots: (metric, stem suffix, label in titles, axis label)
+AXES = (
+    (SIZE, "vs_size", "packed model size", f"packed model size ({SIZE.unit}, log scale), smaller is better"),
+    (metric("latency", "image_encoder_ms"), "vs_latency", "measured encoder latency (deployed)",
+     "deployed image encoder latency (ms, log scale), lower is better"),
+    (metric("latency", "deployed_model_bytes"), "vs_deployed_bytes", "deployed model bytes",
+     "deployed model (MiB, log scale), smaller is better"),
+)
 
 
 def write_plots(cells: pd.DataFrame, folder: Path) -> list[str]:
@@ -39,11 +49,12 @@ def write_plots(cells: pd.DataFrame, folder: Path) -> list[str]:
 
     lines = []
     with matplotlib.rc_context({"svg.hashsalt": "bench.report", "pdf.fonttype": 42}):
-        for metric in [m for m in table_metrics(cells) if m.headline and m.task != "size"]:
+        for metric in [m for m in table_metrics(cells) if m.headline and m.task not in ("size", "latency")]:
             plot_vs_bits(cells, metric, folder / f"{metric.stem}_vs_bits")
             lines += plot_lines(metric, "vs_bits", "vs bit width")
-            if plot_vs_size(cells, metric, folder / f"{metric.stem}_vs_size"):
-                lines += plot_lines(metric, "vs_size", "vs packed model size")
+            for x_metric, kind, what, _ in AXES:
+                if plot_vs(cells, metric, folder / f"{metric.stem}_{kind}", x_metric):
+                    lines += plot_lines(metric, kind, f"vs {what}")
     return lines
 
 
@@ -147,9 +158,11 @@ def pareto(points: list[tuple[float, float, str]], higher: bool) -> list[tuple[f
     return front
 
 
-def plot_vs_size(cells: pd.DataFrame, metric: Metric, stem: Path) -> bool:
-    """Metric vs packed size (the `size` task's record of the same model/method/bits), a panel
-    per model, Pareto front joined and labelled. False when no point has both numbers."""
+def plot_vs(cells: pd.DataFrame, metric: Metric, stem: Path, x_metric: Metric = SIZE) -> bool:
+    """Metric vs a cost (one of `AXES`: the packed size, the deployed latency or bytes, from
+    that task's record of the same model/method/bits), a panel per model, Pareto front joined
+    and labelled. False when no point has both numbers."""
+    _, _, what, x_label = next(a for a in AXES if a[0] == x_metric)
     index = {tuple(r[k] for k in CELL_KEY): r for r in cells.to_dict("records")}
     models = sorted(set(cells["model"]), key=model_order)
     style = series_style(cells)
@@ -158,7 +171,7 @@ def plot_vs_size(cells: pd.DataFrame, metric: Metric, stem: Path) -> bool:
         pts = []
         for k in index:
             if k[0] == model and k[5] == metric.task:
-                y, x = cell_value(index[k], metric), cell_value(index.get((*k[:5], "size")), SIZE)
+                y, x = cell_value(index[k], metric), cell_value(index.get((*k[:5], x_metric.task)), x_metric)
                 if x is not None and y is not None:
                     pts.append((x, y, k))
         if pts:
@@ -184,10 +197,10 @@ def plot_vs_size(cells: pd.DataFrame, metric: Metric, stem: Path) -> bool:
         ax.margins(x=0.15, y=0.12)
         ax.xaxis.set_major_formatter("{x:g}")
         ax.set_title(model)
-        ax.set_xlabel(f"packed model size ({SIZE.unit}, log scale), smaller is better")
+        ax.set_xlabel(x_label)
     axes[0].set_ylabel(axis_label(metric))
     add_legend(fig, axes)
-    fig.suptitle(f"{metric.task}: {metric.label} vs packed model size (best: top left)", fontweight="bold")
+    fig.suptitle(f"{metric.task}: {metric.label} vs {what} (best: top left)", fontweight="bold")
     save(fig, stem)
     return True
 

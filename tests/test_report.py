@@ -359,3 +359,25 @@ def test_per_layer_plots_of_a_weight_refit(tmp_path):
     plots = sorted(p.name for p in (out / "plots").glob("layers_*"))
     assert plots == ["layers_sam2.1-t_qsam2_vrc-only_W2A4.pdf", "layers_sam2.1-t_qsam2_vrc-only_W2A4.png"]
     assert "plots/layers_sam2.1-t_qsam2_vrc-only_W2A4.png" in (out / "README.md").read_text()
+
+
+def test_accuracy_against_deployed_latency_and_bytes(tmp_path):
+    """With `latency` records beside the accuracy cells, the report plots accuracy against the
+    deployed latency and bytes (a configuration without a backend has no point)."""
+    folder = tmp_path / "deploysweep"
+    folder.mkdir()
+    acc = {"mIoU": 70.0, "mIoU_small": 40.0, "mIoU_medium": 72.0, "mIoU_large": 85.0}
+    lat = {"deployed": True, "image_encoder_ms": 1500.0, "deployed_model_bytes": 30 * 2**20,
+           "image_encoder_speedup": 1.3}
+    recs = [record("fp", "", None, None, "instseg", {**acc, "mIoU": 80.0}),
+            record("rtn", "", 8, 8, "instseg", acc), record("rtn", "", 8, 8, "latency", lat),
+            record("rtn", "", 4, 4, "instseg", acc), record("rtn", "", 4, 4, "latency", {"deployed": False})]
+    for rec in recs:
+        (folder / f"{rec['cell_id']}.json").write_text(json.dumps(rec))
+    out = tmp_path / "out"
+    assert main([str(folder), "--out", str(out)]) == 0
+    for stem in ("instseg_miou_vs_latency", "instseg_miou_vs_deployed_bytes"):
+        assert (out / "plots" / f"{stem}.png").is_file(), stem
+        assert f"plots/{stem}.png" in (out / "README.md").read_text()
+    assert not (out / "plots" / "latency_image_encoder_speedup_vs_bits.png").exists()
+    assert (out / "tables" / "latency_image_encoder_ms.md").is_file()
