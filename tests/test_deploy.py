@@ -107,3 +107,20 @@ def test_latency_task_records_a_configuration_without_backend(tmp_path):
     rec = json.loads(out.read_text())
     assert rec["status"] == "ok"
     assert rec["metrics"]["deployed"] is False and "W4A4: no integer backend" in rec["metrics"]["no_backend"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_gpu_command_says_in_one_line_that_there_is_no_gpu():
+    proc = subprocess.run([sys.executable, "-m", "bench.benchmarks.gpu"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and "no CUDA GPU" in proc.stderr
+
+
+def test_gpu_command_runs_its_cells(tmp_path):
+    """The command's loop on the micro model on CPU (`--device cpu` checks the command only)."""
+    proc = subprocess.run([sys.executable, "-m", "bench.benchmarks.gpu", "--models", "micro", "--device", "cpu",
+                           "--methods", "rtn,lsq (3 steps)"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| micro |")]
+    assert [r.split("|")[2].strip() for r in rows] == ["rtn", "lsq (3 steps)"]
+    assert all("| ok |" in r for r in rows)
