@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [m for m in labels if m not in CELLS]
     if unknown:
         p.error(f"--methods: unknown {', '.join(unknown)}; known: {', '.join(CELLS)}")
-    print(f"{torch.cuda.get_device_name(device) if on_gpu else 'CPU (a check of the command)'}, torch {torch.__version__}, W{args.bits}A{args.bits}, "
+    where = torch.cuda.get_device_name(device) if on_gpu else "CPU (a check of the command)"
+    print(f"{where}, torch {torch.__version__}, W{args.bits}A{args.bits}, "
           "random weights, synthetic data at the model's input size")
     print("| model | method | status | peak GiB | method s | task s | total s | J&F (8 frames) |\n"
           "|---|---|---|---:|---:|---:|---:|---:|")
