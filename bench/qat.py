@@ -55,7 +55,9 @@ own mix (32 images and 8 windows of 4 frames: 20% video); `null` draws each samp
 often (see `sample_order`). Chosen on the held-out dev set (`sweeps/qat-dev.yaml`: synthetic
 sets of data seed 1, 0.5 against the data's own mix), not on the test split.
 
-Memory (`recompute`, a cost setting: results are the same bit for bit): "blocks" keeps only
+Memory (`recompute`, a cost setting: results are the same bit for bit, except that above
+2^24 probabilities a recomputed attention runs in blocks of query rows whose gradients are
+summed block by block, bench.quant.attention): "blocks" keeps only
 the input of each image-encoder block (and SAM2 memory-attention layer, and each tracked
 frame of a video window) for backward and recomputes it there; "attention"
 recomputes only the quantized attentions' probabilities (the image encoder's, the decoder's

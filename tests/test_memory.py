@@ -193,3 +193,43 @@ def test_memory_benchmark_prints_a_row_per_step():
     peak, rise = (float(v) for v in rows[("lsq W4A4, image", "all")][:2])
     assert 0 < rise < peak
     assert ("evaluation frame (lsq W4A4, image)", "-") in rows
+
+
+@pytest.mark.parametrize("method", ["lsq", "qsam2"])
+def test_training_attention_in_row_blocks_gives_the_same_values(micro_fp, calib, method, monkeypatch):  # noqa: F811
+    """Above TRAIN_BLOCK_ELEMENTS probabilities the recomputed core runs in blocks of query rows:
+    same output, same gradients up to summation order (LSQ's learned probability scale); a
+    quantizer with a whole-tensor statistic in training (Q-SAM2's LSC) is never split."""
+    import bench.quant.attention as attention
+
+    model = copy.deepcopy(micro_fp)
+    m = make_method(method, 4, 4, steps=1)
+    m.prepare(model, calib)
+    attn = next(a for a in model.modules() if isinstance(a, QuantAttentionMixin) and a.p_quant.active
+                and type(a).__name__ == "QuantRoPEAttention")
+    for q in learned_quantizers(model).values():
+        q.train()
+    attn.recompute = True
+    g = torch.Generator().manual_seed(0)
+    q0, k0, v0 = (torch.randn(2, 1, 64, 16, generator=g) for _ in range(3))
+    results, calls = {}, []
+    core = attn._core
+    monkeypatch.setattr(attn, "_core", lambda q, *a, **kw: calls.append(q.shape[-2]) or core(q, *a, **kw))
+    state = {k: t.clone() for k, t in attn.state_dict().items() if k.endswith("sigma")}  # LSC's sigma moves
+    for limit in (2**30, 16 * 64):
+        monkeypatch.setattr(attention, "TRAIN_BLOCK_ELEMENTS", limit)
+        with torch.no_grad():
+            for k, t in state.items():
+                attn.get_buffer(k).copy_(t)
+        calls.clear()
+        q, k, v = (t.clone().requires_grad_() for t in (q0, k0, v0))
+        out = attn.attend(q, k, v)
+        params = [p for p in attn.p_quant.parameters()]
+        grads = torch.autograd.grad(out.square().sum(), [q, k, v, *params])
+        results[limit] = (out.detach(), grads, list(calls))
+    (o1, g1, c1), (o2, g2, c2) = results[2**30], results[16 * 64]
+    blocked = method == "lsq"
+    assert c1[0] == 64 and (c2[:4] == [8] * 4 if blocked else c2[0] == 64)
+    assert torch.allclose(o1, o2, atol=1e-6)
+    for a, b in zip(g1, g2):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)

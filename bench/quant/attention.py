@@ -41,6 +41,9 @@ from bench.quant.recompute import recomputed
 
 # Probabilities per block in the explicit inference path (2^20 fp32 values = 4 MiB).
 BLOCK_ELEMENTS = 2**20
+# Probabilities per block of query rows when training recomputes the core (2^24 fp32 values =
+# 64 MiB): memory attention over a video window's memories holds hundreds of MiB per object.
+TRAIN_BLOCK_ELEMENTS = 2**24
 
 # Decomposed relative-position terms of SAM's ViT attention: (rel_h, rel_w), of shapes
 # (..., Nq, k_h) and (..., Nq, k_w); and the function that makes them from the quantized q.
@@ -95,13 +98,31 @@ class QuantAttentionMixin:
         learning = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
         lead = q.shape[:-2]
         if learning and self.recompute:
-            return recomputed(self._core)(q, k, v, dropout_p, rel=rel)
+            return self._recomputed_core(q, k, v, dropout_p, rel)
         if (
             self.keep_probs or learning or dropout_p > 0.0 or k.shape[:-2] != lead or v.shape[:-2] != lead
             or self.p_quant.observing or math.prod(q.shape[:-1]) * k.shape[-2] <= BLOCK_ELEMENTS
         ):
             return self._core(q, k, v, dropout_p, rel=rel)
         return self._blocked(q, k, v, rel)
+
+    def _recomputed_core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float,
+                         rel: Rel | None) -> torch.Tensor:
+        """The core in training, recomputed in backward; above TRAIN_BLOCK_ELEMENTS
+        probabilities, in blocks of query rows, each recomputed on its own, so backward holds one
+        block's probabilities (softmax is row-wise; with an elementwise probability quantizer and
+        no dropout the values are the same, the gradients of k, v and the quantizer's
+        parameters summed block by block)."""
+        core = recomputed(self._core)
+        nq, per_row = q.shape[-2], math.prod(q.shape[:-2]) * k.shape[-2]
+        rows = max(1, TRAIN_BLOCK_ELEMENTS // per_row)
+        if rows >= nq or dropout_p > 0.0 or not self.p_quant.elementwise:
+            return core(q, k, v, dropout_p, rel=rel)
+        blocks = []
+        for r in range(0, nq, rows):
+            rel_block = None if rel is None else tuple(t[..., r : r + rows, :] for t in rel)
+            blocks.append(core(q[..., r : r + rows, :], k, v, rel=rel_block, covers=nq * per_row))
+        return torch.cat(blocks, dim=-2)
 
     def _blocked(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel: Rel | None = None) -> torch.Tensor:
         """Inference in blocks of (batch x head, query rows) whose probabilities stay in cache:
@@ -122,10 +143,11 @@ class QuantAttentionMixin:
 
     def _core(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0, rel: Rel | None = None,
-        out: torch.Tensor | None = None,
+        out: torch.Tensor | None = None, covers: int | None = None,
     ) -> torch.Tensor:
         """softmax(q k^T + rel) v for pre-scaled q (the probabilities are temporaries of this
-        call, so in inference they are normalized and quantized in place)."""
+        call, so in inference they are normalized and quantized in place). `covers`: the size
+        of the whole probability tensor when q is a block of its rows."""
         logits = q @ k.transpose(-2, -1)
         if rel is not None:
             logits = add_rel_pos(logits, *rel, inplace=not torch.is_grad_enabled())
@@ -137,7 +159,11 @@ class QuantAttentionMixin:
             probs = torch.softmax(logits, dim=-1, out=logits)
         if self.p_quant.observing and getattr(self.p_quant, "needs_values", False):
             self.p_quant.observe_attention(probs, v)  # e.g. AGQ: error measured on probs @ v
-        probs = self.p_quant(probs, inplace=True)
+        self.p_quant.covers = covers
+        try:
+            probs = self.p_quant(probs, inplace=True)
+        finally:
+            del self.p_quant.covers
         if dropout_p > 0.0:
             probs = F.dropout(probs, p=dropout_p)
         return torch.matmul(probs, v, out=out)

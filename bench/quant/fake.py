@@ -117,6 +117,14 @@ class FakeQuantizer(nn.Module):
     (learned scales, clipping, log2 quantizers) override `quantize`.
     """
 
+    # True when its training-time output on x is a function of each element alone (given its
+    # parameters), so a block of rows of x quantizes as the whole would; False for a quantizer
+    # that takes a statistic of the whole tensor as it trains (Q-SAM2's LSC)
+    elementwise = True
+    # set while the call quantizes one block of a larger tensor: that tensor's size (LSQ's
+    # gradient scale counts every value its step covers; see QuantAttentionMixin)
+    covers: int | None = None
+
     def __init__(self, spec: QuantSpec | None) -> None:
         super().__init__()
         self.spec = spec

@@ -254,7 +254,7 @@ class LSQQuantizer(LearnedQuantizer):
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.is_grad_enabled():
             return self._float_quant(x, self.scale.detach())
-        n = x.numel() // (self.scale.numel() or 1)
+        n = (self.covers or x.numel()) // (self.scale.numel() or 1)
         return lsq_quant(x, self.scale, self.spec.qmin, self.spec.qmax, 1.0 / math.sqrt(n * self.q_p))
 
 
@@ -395,6 +395,7 @@ class LSCQuantizer(LearnedQuantizer):
     """
 
     kind = "lsc"
+    elementwise = False  # sigma_ema moves with std(x) over the whole tensor in training
 
     def __init__(self, spec: QuantSpec, momentum: float = 0.9, narrow: bool = True,
                  alpha_init: float | None = None) -> None:
