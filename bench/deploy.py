@@ -95,6 +95,8 @@ class Int8Linear(nn.Module):
         self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().clone(), requires_grad=False)
         self.weight_centered = bool(torch.all(zp_w == 0))
         if kernel == "int8-intmm":
+            if layer.weight.is_cuda and (k % 8 or c_w.shape[0] % 8):
+                raise BenchError(f"deploy: _int_mm on CUDA needs k and n multiples of 8, got {k} and {c_w.shape[0]}")
             # C - z'_x R_w + K z'_x z'_w per output channel, z'_x = zu_x - 128
             zp_x = self.zu_x - 128
             self.register_buffer("w_t", c_w.t().contiguous())
@@ -129,7 +131,10 @@ class Int8Linear(nn.Module):
         x2 = x.reshape(-1, shape[-1]).float()
         if self.kernel == "int8-intmm":
             c, sums = self._codes(x2, signed=True)
-            out = torch._int_mm(c, self.w_t).float()
+            m = c.shape[0]
+            if c.is_cuda and m <= 16:  # CUDA's _int_mm wants more than 16 rows
+                c = torch.cat([c, c.new_zeros(17 - m, c.shape[1])])
+            out = torch._int_mm(c, self.w_t)[:m].float()
             out += self.const
             if sums is not None:
                 out.addr_(sums, self.zp_w, alpha=-1.0)
@@ -170,8 +175,11 @@ class Int4WeightLinear(nn.Module):
         sz = torch.stack([s_w, zero], -1).unsqueeze(0).expand(k // group, n, 2)
         self.register_buffer("scales_zeros", sz.to(torch.bfloat16).contiguous())
         if self.device.type == "cuda":
+            tiles = next((t for t in (8, 4, 2) if k % (16 * t) == 0), None)
+            if tiles is None or n % 8:
+                raise BenchError(f"deploy: the CUDA int4 kernel needs k % 32 == 0 and n % 8 == 0, got {k}, {n}")
             packed_u8 = (u[:, ::2] << 4 | u[:, 1::2]).to(torch.uint8)
-            self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack(packed_u8, 8))
+            self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack(packed_u8, tiles))
         else:
             self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(u, 1))
         self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().clone(), requires_grad=False)
