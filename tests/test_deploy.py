@@ -3,6 +3,7 @@ the fake-quantized layer's outputs, and the latency task's record on the micro m
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -15,6 +16,8 @@ from bench import BenchError
 from bench.deploy import BACKENDS, Int4WeightLinear, Int8Linear, config_of, deploy
 from bench.quant.fake import QuantSpec
 from bench.quant.modules import QuantLinear
+from tests.conftest import make_method
+from tests.test_qat import _one_thread, calib  # noqa: F401  (fixtures: one thread, a tiny calibration set)
 
 
 def _layer(w_bits: int, a_bits: int | None, k: int = 256, n: int = 96, symmetric: bool = False, seed: int = 0):
@@ -124,3 +127,29 @@ def test_gpu_command_runs_its_cells(tmp_path):
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| micro |")]
     assert [r.split("|")[2].strip() for r in rows] == ["rtn", "lsq (3 steps)"]
     assert all("| ok |" in r for r in rows)
+
+
+@pytest.mark.parametrize("backend", ["int8-intmm", "int8-onednn"])
+def test_each_w8a8_backend_deploys_a_whole_model(micro_fp, calib, backend):  # noqa: F811
+    """RTN W8A8 on the micro model: every quantized Linear goes onto the backend, and on the
+    inputs each layer sees inside the fake-quantized model its deployed form gives the same
+    output up to float rounding (the whole encoder then differs only where a rounding
+    difference moves a later activation's code by one)."""
+    from bench.run import apply_method
+
+    model = apply_method(make_method("rtn", 8, 8), copy.deepcopy(micro_fp), calib, 0)
+    dep = deploy(model, backend)
+    assert dep.converted and not dep.left
+    assert all(m.kernel == backend for m in dep.model.modules() if isinstance(m, Int8Linear))
+    seen = {}
+    hooks = [m.register_forward_hook(lambda mod, a, o, n=n: seen.setdefault(n, (a[0].clone(), o.clone())) and None)
+             for n, m in model.named_modules() if n in dep.converted]
+    x = torch.randn(1, 3, model.image_size, model.image_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model.image_encoder(x)
+        for h in hooks:
+            h.remove()
+        assert len(seen) > 10
+        for name, (inp, out) in seen.items():
+            err = (dep.model.get_submodule(name)(inp) - out).abs().max()
+            assert err <= 1e-5 * out.abs().max(), name
