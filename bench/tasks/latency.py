@@ -6,8 +6,9 @@ as `deployed: false` with the reason, not as a failure. Timed in one process, FP
 alternating, median of `latency_repeats` (default 5) after a warm-up: the image encoder at the
 model's resolution, one box-prompted decode on the set image, and (SAM2) one tracked video
 frame of a synthetic clip (`propagate_in_video`, per frame after the prompted one). FP is the
-same model with every quantizer off. Also: peak memory of the deployed runs (CPU resident set
-or CUDA max allocated), the bytes of the deployed Linear layers against their BF16 bytes and
+same model with every quantizer off. Also: the peak memory of one deployed image-encoder
+forward (CUDA max allocated, or on Linux the resident set's high-water mark after a reset;
+`peak_mem_kind` says which), the bytes of the deployed Linear layers against their BF16 bytes and
 of the whole deployed model's tensors, the backend and its version.
 
 Fidelity (with a COCO-layout set, `coco_root`): on the instseg boxes, the deployed model's
@@ -128,9 +129,26 @@ def timings(fp: nn.Module, dep: nn.Module, ctx: TaskContext) -> dict:
     for k in ("image_encoder", "decode", "track_frame"):
         if f"{k}_ms" in out:
             out[f"{k}_speedup"] = out[f"{k}_ms_fp"] / out[f"{k}_ms"]
-    out["peak_mem_mb"] = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
-                          else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
+    with torch.inference_mode():
+        out.update(_peak(lambda: dep.image_encoder(x), device))
     return out
+
+
+def _peak(fn: Callable[[], object], device: torch.device) -> dict:
+    """Peak memory (MiB) while `fn` runs."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        return {"peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20, "peak_mem_kind": "cuda_max_allocated"}
+    refs = Path("/proc/self/clear_refs")
+    if not refs.exists():  # not Linux: the process's peak so far
+        fn()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return {"peak_mem_mb": peak, "peak_mem_kind": "cpu_max_rss"}
+    refs.write_text("5")  # resets VmHWM to the current resident set
+    fn()
+    hwm = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:"))
+    return {"peak_mem_mb": int(hwm.split()[1]) / 1024, "peak_mem_kind": "cpu_vm_hwm"}
 
 
 def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
