@@ -37,8 +37,11 @@ INT4_GROUPS = (128, 64, 32)  # tinygemm's groups along k, largest dividing k fir
 # scale is repeated over the groups)
 
 
-def _plain(q: FakeQuantizer) -> bool:
-    return type(q) is FakeQuantizer and q.active
+def _uniform(q: FakeQuantizer) -> bool:
+    """Active, and in evaluation exactly s (clamp(round(x / s) + z) - z): the plain quantizer's
+    arithmetic (subclasses that only calibrate differently, like PTQ4SAM's observers, included;
+    QDrop's random mixing in evaluation, the official code's bug when reproduced, is not)."""
+    return q.active and type(q).quantize is FakeQuantizer.quantize and getattr(q, "drop_prob", 1.0) >= 1.0
 
 
 def _weight_codes(layer: QuantLinear) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -58,14 +61,12 @@ def _weight_codes(layer: QuantLinear) -> tuple[torch.Tensor, torch.Tensor, torch
 
 def config_of(layer: QuantLinear) -> str:
     """"W8A8", "W4" (weight-only), or why the layer has no integer form here."""
-    wq, aq = layer.wq, layer.aq
-    if not _plain(wq):
-        return "weight not quantized by a plain uniform quantizer"
+    wq, aq = layer.wq, layer.aq  # the weight's codes are checked against its quantized weight
     if wq.spec.granularity == "group":
         return "group-wise weights"
     if aq.active:
-        if not _plain(aq) or aq.spec.granularity != "tensor":
-            return "activation quantizer is not a plain per-tensor one"
+        if not _uniform(aq) or aq.spec.granularity != "tensor":
+            return "activation quantizer is not a uniform per-tensor one"
         if wq.spec.bits == 8 and aq.spec.bits == 8:
             return "W8A8"
         return f"W{wq.spec.bits}A{aq.spec.bits}: no integer backend"

@@ -153,3 +153,20 @@ def test_each_w8a8_backend_deploys_a_whole_model(micro_fp, calib, backend):  # n
         for name, (inp, out) in seen.items():
             err = (dep.model.get_submodule(name)(inp) - out).abs().max()
             assert err <= 1e-5 * out.abs().max(), name
+
+
+def test_calibration_subclasses_deploy_but_qdrop_in_evaluation_does_not():
+    """PTQ4SAM's observer quantizers compute like the plain one in evaluation and deploy; the
+    official code's evaluation bug (QDrop mixing left on) makes outputs random: not deployed."""
+    from bench.quant.observers import PTQQuantizer
+
+    ql, x = _layer(8, 8)
+    q = PTQQuantizer(ql.aq.spec)
+    q.scale, q.zero_point = ql.aq.scale.clone(), ql.aq.zero_point.clone()
+    ql.aq = q
+    assert config_of(ql) == "W8A8"
+    with torch.no_grad():
+        ref = ql(x)
+        assert torch.allclose(Int8Linear(ql, "int8-onednn")(x), ref, rtol=0, atol=1e-5 * ref.abs().max().item())
+    q.drop_prob = 0.5
+    assert config_of(ql) == "activation quantizer is not a uniform per-tensor one"
