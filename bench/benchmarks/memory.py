@@ -21,13 +21,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
-import gc
 import json
 import subprocess
 import sys
 import tempfile
-import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +36,7 @@ from bench import BenchError
 from bench.calib import CalibData
 from bench.method import Method
 from bench.models import MODELS, build_model
+from bench.peak import Meter
 from bench.qat import (
     RECOMPUTE,
     QATConfig,
@@ -58,47 +56,6 @@ from bench.recon import tensor_bytes
 QAT_METHODS = ("lsq", "pact", "qsam2")
 RECON = {"ptq4sam-L": ("ptq4sam", {"recon": True}), "saqsam": ("saqsam", {})}  # parts by label
 GiB = 2**30
-
-
-class Meter:
-    """Peak memory of a stretch of code on one device (see the module docstring)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.libc = ctypes.CDLL("libc.so.6") if device.type == "cpu" else None
-        if device.type == "cpu" and not Path("/proc/self/clear_refs").exists():
-            raise BenchError("memory benchmark on CPU: needs Linux (/proc/self/clear_refs to reset the peak)")
-
-    def current(self) -> float:
-        if self.device.type == "cuda":
-            return torch.cuda.memory_allocated(self.device)
-        return _status("VmRSS")
-
-    @contextlib.contextmanager
-    def measure(self, row: dict):
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            self.libc.malloc_trim(0)
-            Path("/proc/self/clear_refs").write_text("5")
-        row["live"] = self.current()
-        t = time.perf_counter()
-        yield
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            row["peak"] = torch.cuda.max_memory_allocated(self.device)
-        else:
-            row["peak"] = _status("VmHWM")
-        row["s"] = time.perf_counter() - t
-
-
-def _status(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024.0
-    raise BenchError(f"/proc/self/status has no {field}")
 
 
 class SavedTally:

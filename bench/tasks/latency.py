@@ -20,7 +20,6 @@ This checks that the fake-quant accuracy the harness reports is what the deploye
 from __future__ import annotations
 
 import copy
-import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -31,7 +30,9 @@ import torch
 from PIL import Image
 from torch import nn
 
+from bench import BenchError
 from bench.deploy import Deployment, deploy
+from bench.peak import Meter
 from bench.quant.fake import FakeQuantizer
 from bench.tasks import TaskContext
 
@@ -135,20 +136,16 @@ def timings(fp: nn.Module, dep: nn.Module, ctx: TaskContext) -> dict:
 
 
 def _peak(fn: Callable[[], object], device: torch.device) -> dict:
-    """Peak memory (MiB) while `fn` runs."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    """Peak memory (MiB) while `fn` runs (bench.peak; none off Linux on CPU)."""
+    try:
+        meter = Meter(device)
+    except BenchError:
+        return {}
+    row: dict = {}
+    with meter.measure(row):
         fn()
-        return {"peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20, "peak_mem_kind": "cuda_max_allocated"}
-    refs = Path("/proc/self/clear_refs")
-    if not refs.exists():  # not Linux: the process's peak so far
-        fn()
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        return {"peak_mem_mb": peak, "peak_mem_kind": "cpu_max_rss"}
-    refs.write_text("5")  # resets VmHWM to the current resident set
-    fn()
-    hwm = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:"))
-    return {"peak_mem_mb": int(hwm.split()[1]) / 1024, "peak_mem_kind": "cpu_vm_hwm"}
+    return {"peak_mem_mb": row["peak"] / 2**20,
+            "peak_mem_kind": "cuda_max_allocated" if device.type == "cuda" else "cpu_vm_hwm"}
 
 
 def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
