@@ -14,7 +14,7 @@ codes q that it keeps in float. The deployed layer keeps the same codes, scales 
   (`_weight_int4pack_mm_for_cpu` / `_weight_int4pack_mm` on CUDA), whose weight is
   (q - 8) * scale + zero per group: scale s_w and zero (8 + q_min - z_w) s_w give
   s_w (q_w - z_w). Activations, scales and zeros in BF16: the kernel's fast path (in FP32 it
-  runs a reference loop, about 60x slower on this CPU).
+  runs a reference loop, far slower; README "Deployed models").
 
 Everything else (convolutions, attention's matrix products, layers whose quantizers are not
 plain uniform ones) stays as it was: `deploy` reports what it converted and why it left the

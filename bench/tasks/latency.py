@@ -1,9 +1,10 @@
 """`latency`: the deployed model (bench.deploy) against FP, measured, and its fidelity.
 
 The quantized model's Linear layers go onto the integer backend for its bit configuration
-(`backend` option, or the default for the device); a configuration no backend runs is recorded
+(bench.deploy's default for the configuration and device; `python -m bench.benchmarks.deploy`
+compares the backends); a configuration no backend runs is recorded
 as `deployed: false` with the reason, not as a failure. Timed in one process, FP and deployed
-alternating, median of `latency_repeats` (default 5) after a warm-up: the image encoder at the
+alternating, median of REPEATS after a warm-up: the image encoder at the
 model's resolution, one box-prompted decode on the set image, and (SAM2) one tracked video
 frame of a synthetic clip (`propagate_in_video`, per frame after the prompted one). FP is the
 same model with every quantizer off. Also: the peak memory of one deployed image-encoder
@@ -35,6 +36,9 @@ from bench.deploy import Deployment, deploy
 from bench.peak import Meter
 from bench.quant.fake import FakeQuantizer
 from bench.tasks import TaskContext
+
+REPEATS = 5  # timed rounds per variant (the tracked frame: half as many clips)
+CLIP_FRAMES = 4  # frames of the synthetic clip a tracked frame is timed on
 
 
 def float_model(model: nn.Module) -> nn.Module:
@@ -107,7 +111,7 @@ def timings(fp: nn.Module, dep: nn.Module, ctx: TaskContext) -> dict:
     from bench.models import image_predictor
 
     device = next(dep.parameters()).device
-    size, repeats = _size(dep), int(ctx.options.get("latency_repeats", 5))
+    size, repeats = _size(dep), REPEATS
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
     image = (np.random.default_rng(0).random((size, size, 3)) * 255).astype(np.uint8)
     box = np.array([[size * 0.25, size * 0.25, size * 0.6, size * 0.7]], np.float32)
@@ -123,7 +127,7 @@ def timings(fp: nn.Module, dep: nn.Module, ctx: TaskContext) -> dict:
                             for k, p in preds.items()}, repeats, device)
         out.update(decode_ms_fp=1e3 * med["fp"], decode_ms=1e3 * med["deployed"])
         if _is_sam2(dep):
-            folder = _clip(ctx.work_dir, size, int(ctx.options.get("latency_frames", 4)))
+            folder = _clip(ctx.work_dir, size, CLIP_FRAMES)
             med = _alternating({"fp": lambda: _track(fp, folder, size), "deployed": lambda: _track(dep, folder, size)},
                                max(1, repeats // 2), device)
             out.update(track_frame_ms_fp=1e3 * med["fp"], track_frame_ms=1e3 * med["deployed"])
@@ -183,7 +187,7 @@ def fidelity(fake: nn.Module, dep: nn.Module, ctx: TaskContext) -> dict:
 
 
 def run(model: nn.Module, ctx: TaskContext) -> dict:
-    dep: Deployment = deploy(model, ctx.options.get("backend"))
+    dep: Deployment = deploy(model)
     if dep.model is None:
         reasons = sorted(set(dep.left.values()))
         return {"deployed": False, "backend": dep.backend, "no_backend": "; ".join(reasons) or "nothing quantized"}
