@@ -107,10 +107,9 @@ def test_recomputation_replays_running_statistics_of_every_call():
     assert state["n"] == 4 and seen[-2:] == [False, False]  # no gradient wanted: plain calls
 
 
-@pytest.mark.parametrize("method", ["lsq", "qsam2"])
-def test_recomputation_changes_no_gradient_and_no_statistic(micro_fp, calib, method):  # noqa: F811
-    """Two training steps from the same state under every recompute mode give bit-identical
-    weights, quantizer parameters and LSC statistics (Q-SAM2's sigma moves once per call)."""
+def _states_after_two_steps(micro_fp, calib, method: str, modes: tuple[str, ...]):  # noqa: F811
+    """The state of `method`'s model after training on one image sample and one video window
+    from the same start, under each recompute mode; and the start."""
     base = copy.deepcopy(micro_fp)
     m = make_method(method, 4, 4, steps=2)
     m.prepare(base, calib)
@@ -119,7 +118,7 @@ def test_recomputation_changes_no_gradient_and_no_statistic(micro_fp, calib, met
             next(s for s in samples if not isinstance(s, ImageSample))]
     teacher = teacher_outputs(micro_fp, pair)
     states = {}
-    for mode in ("off", "attention", "blocks", "all"):
+    for mode in modes:
         model = copy.deepcopy(base)
         model.eval()
         opt, clip_sets = make_optimizer(model, m.config)
@@ -133,14 +132,41 @@ def test_recomputation_changes_no_gradient_and_no_statistic(micro_fp, calib, met
         assert not any(a.recompute for a in model.modules() if isinstance(a, QuantAttentionMixin))
         assert not any("forward" in vars(b) for b in checkpointed_blocks(model))  # restored
         states[mode] = {k: v.clone() for k, v in model.state_dict().items()}
-    ref = states.pop("off")
-    if method == "qsam2":
-        sig = [k for k in ref if k.endswith("sigma")]
-        assert sig and any(not torch.equal(ref[k], base.state_dict()[k]) for k in sig)
+    return states, base.state_dict()
+
+
+def _assert_same_states(states: dict, ref: dict) -> None:
     for mode, st in states.items():
         assert st.keys() == ref.keys()
         diff = [k for k in ref if not torch.equal(st[k], ref[k])]
         assert not diff, f"{mode}: {diff[:3]}"
+
+
+@pytest.mark.parametrize("method", ["lsq", "qsam2"])
+def test_recomputation_changes_no_gradient_and_no_statistic(micro_fp, calib, method):  # noqa: F811
+    """Two training steps from the same state under every recompute mode give bit-identical
+    weights, quantizer parameters and LSC statistics (Q-SAM2's sigma moves once per call)."""
+    states, start = _states_after_two_steps(micro_fp, calib, method, ("off", "attention", "blocks", "all"))
+    ref = states.pop("off")
+    if method == "qsam2":
+        sig = [k for k in ref if k.endswith("sigma")]
+        assert sig and any(not torch.equal(ref[k], start[k]) for k in sig)
+    _assert_same_states(states, ref)
+
+
+def test_attention_blocks_of_lsc_replay_within_recomputed_frames(micro_fp, calib, monkeypatch):  # noqa: F811
+    """With attention in row blocks (a small TRAIN_BLOCK_ELEMENTS), Q-SAM2's LSC takes its
+    whole-tensor statistic in a pass of its own; recomputing the frames and blocks around it
+    ("all") replays that value and changes nothing against recomputing attention alone."""
+    import bench.quant.attention as attention
+    from bench.quant.learned import LSCQuantizer
+
+    monkeypatch.setattr(attention, "TRAIN_BLOCK_ELEMENTS", 256)
+    taken, whole = [], LSCQuantizer._whole_statistic
+    monkeypatch.setattr(LSCQuantizer, "_whole_statistic", lambda self, blocks: taken.append(1) or whole(self, blocks))
+    states, _ = _states_after_two_steps(micro_fp, calib, "qsam2", ("attention", "all"))
+    assert taken
+    _assert_same_states({"all": states["all"]}, states["attention"])
 
 
 def test_recompute_auto_is_on_at_real_resolution_only(micro_fp):
@@ -199,7 +225,8 @@ def test_memory_benchmark_prints_a_row_per_step():
 def test_training_attention_in_row_blocks_gives_the_same_values(micro_fp, calib, method, monkeypatch):  # noqa: F811
     """Above TRAIN_BLOCK_ELEMENTS probabilities the recomputed core runs in blocks of query rows:
     same output, same gradients up to summation order (LSQ's learned probability scale); a
-    quantizer with a whole-tensor statistic in training (Q-SAM2's LSC) is never split."""
+    quantizer with a whole-tensor statistic in training (Q-SAM2's LSC) takes it over all blocks
+    first and moves it once, to the value the unsplit tensor gives."""
     import bench.quant.attention as attention
 
     model = copy.deepcopy(micro_fp)
@@ -226,10 +253,13 @@ def test_training_attention_in_row_blocks_gives_the_same_values(micro_fp, calib,
         out = attn.attend(q, k, v)
         params = [p for p in attn.p_quant.parameters()]
         grads = torch.autograd.grad(out.square().sum(), [q, k, v, *params])
-        results[limit] = (out.detach(), grads, list(calls))
-    (o1, g1, c1), (o2, g2, c2) = results[2**30], results[16 * 64]
-    blocked = method == "lsq"
-    assert c1[0] == 64 and (c2[:4] == [8] * 4 if blocked else c2[0] == 64)
+        sigma = {k: attn.get_buffer(k).clone() for k in state if k.startswith("p_quant.")}
+        results[limit] = (out.detach(), grads, list(calls), sigma)
+    (o1, g1, c1, s1), (o2, g2, c2, s2) = results[2**30], results[16 * 64]
+    assert c1[0] == 64 and c2[:4] == [8] * 4
     assert torch.allclose(o1, o2, atol=1e-6)
     for a, b in zip(g1, g2):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert (method == "qsam2") == bool(s1)
+    for k in s1:  # moved once by the whole tensor's std, not once per block
+        assert not torch.equal(s1[k], state[k]) and torch.allclose(s1[k], s2[k], rtol=1e-6)

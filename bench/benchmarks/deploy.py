@@ -26,18 +26,47 @@ from bench.deploy import BACKENDS, deploy
 from bench.models import build_model
 
 
+class _InBF16(nn.Module):
+    """A Linear run on BF16 activations inside an FP32 model (as int4-tinygemm runs)."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.linear = linear.bfloat16()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.bfloat16()).to(x.dtype)
+
+
+def _linears_in_bf16(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, nn.Linear):
+            setattr(module, name, _InBF16(child))
+        else:
+            _linears_in_bf16(child)
+
+
 def torchao_variants(fp: nn.Module) -> dict[str, nn.Module | str]:
     """torchao's own int8 and int4 configs on the encoder's Linear layers (or why not)."""
     try:
         import torchao
-        from torchao.quantization import Int4WeightOnlyConfig, Int8DynamicActivationInt8WeightConfig, quantize_
+        from torchao.quantization import (
+            Int4WeightOnlyConfig,
+            Int8DynamicActivationInt8WeightConfig,
+            IntxWeightOnlyConfig,
+            quantize_,
+        )
+        from torchao.quantization.granularity import PerAxis
     except ImportError:
         return {"torchao": "not installed (pip install torchao)"}
     out: dict[str, nn.Module | str] = {}
     for name, cfg in (("torchao int8 dynamic", Int8DynamicActivationInt8WeightConfig),
-                      ("torchao int4 weight-only", Int4WeightOnlyConfig)):
+                      ("torchao int4 weight-only", Int4WeightOnlyConfig),
+                      ("torchao intx weight-only int4 per channel (one byte per code), bf16",
+                       lambda: IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerAxis(0)))):
         label = f"{name} {torchao.__version__}"
         model = copy.deepcopy(fp)
+        if name.endswith("bf16"):
+            _linears_in_bf16(model.image_encoder)
         try:
             quantize_(model.image_encoder, cfg())
             with torch.inference_mode():

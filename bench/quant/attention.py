@@ -112,16 +112,31 @@ class QuantAttentionMixin:
         probabilities, in blocks of query rows, each recomputed on its own, so backward holds one
         block's probabilities (softmax is row-wise; with an elementwise probability quantizer and
         no dropout the values are the same, the gradients of k, v and the quantizer's
-        parameters summed block by block)."""
+        parameters summed block by block). A probability quantizer with a statistic of the whole
+        tensor (Q-SAM2's LSC: `whole_statistic`) gets it from a first pass over the blocks'
+        probabilities without gradients, and quantizes every block with it (`given`)."""
         core = recomputed(self._core)
         nq, per_row = q.shape[-2], math.prod(q.shape[:-2]) * k.shape[-2]
         rows = max(1, TRAIN_BLOCK_ELEMENTS // per_row)
-        if rows >= nq or dropout_p > 0.0 or not self.p_quant.elementwise:
+        pq = self.p_quant
+        whole = None if pq.elementwise else getattr(pq, "whole_statistic", None)
+        if rows >= nq or dropout_p > 0.0 or not (pq.elementwise or whole):
             return core(q, k, v, dropout_p, rel=rel)
-        blocks = []
-        for r in range(0, nq, rows):
-            rel_block = None if rel is None else tuple(t[..., r : r + rows, :] for t in rel)
-            blocks.append(core(q[..., r : r + rows, :], k, v, rel=rel_block, covers=nq * per_row))
+        starts = range(0, nq, rows)
+
+        def rel_block(r: int) -> Rel | None:
+            return None if rel is None else tuple(t[..., r : r + rows, :] for t in rel)
+
+        def block_probs():  # the whole tensor's probabilities, a block at a time, for its statistic
+            with torch.no_grad():
+                for r in starts:
+                    yield torch.softmax(self._logits(q[..., r : r + rows, :], k, rel_block(r)), dim=-1)
+
+        pq.given = None if whole is None else whole(block_probs)
+        try:
+            blocks = [core(q[..., r : r + rows, :], k, v, rel=rel_block(r), covers=nq * per_row) for r in starts]
+        finally:
+            pq.given = None
         return torch.cat(blocks, dim=-2)
 
     def _blocked(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel: Rel | None = None) -> torch.Tensor:
@@ -141,6 +156,13 @@ class QuantAttentionMixin:
                 self._core(qf[hs, r : r + rows], kf[hs], vf[hs], rel=rel_block, out=out[hs, r : r + rows])
         return out.reshape(*lead, nq, vf.shape[-1])
 
+    @staticmethod
+    def _logits(q: torch.Tensor, k: torch.Tensor, rel: Rel | None) -> torch.Tensor:
+        logits = q @ k.transpose(-2, -1)
+        if rel is not None:
+            logits = add_rel_pos(logits, *rel, inplace=not torch.is_grad_enabled())
+        return logits
+
     def _core(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0, rel: Rel | None = None,
         out: torch.Tensor | None = None, covers: int | None = None,
@@ -148,9 +170,7 @@ class QuantAttentionMixin:
         """softmax(q k^T + rel) v for pre-scaled q (the probabilities are temporaries of this
         call, so in inference they are normalized and quantized in place). `covers`: the size
         of the whole probability tensor when q is a block of its rows."""
-        logits = q @ k.transpose(-2, -1)
-        if rel is not None:
-            logits = add_rel_pos(logits, *rel, inplace=not torch.is_grad_enabled())
+        logits = self._logits(q, k, rel)
         if self.keep_probs or torch.is_grad_enabled():
             probs = logits.softmax(dim=-1)
             if self.keep_probs:

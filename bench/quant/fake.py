@@ -124,6 +124,9 @@ class FakeQuantizer(nn.Module):
     # set while the call quantizes one block of a larger tensor: that tensor's size (LSQ's
     # gradient scale counts every value its step covers; see QuantAttentionMixin)
     covers: int | None = None
+    # set while the call quantizes one block of a tensor whose statistic the quantizer takes
+    # over the whole (not elementwise: its `whole_statistic`): the value every block uses
+    given: torch.Tensor | None = None
 
     def __init__(self, spec: QuantSpec | None) -> None:
         super().__init__()

@@ -24,7 +24,7 @@ bool tensors and masked ops are several times slower than plain float passes.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 import torch
@@ -452,6 +452,24 @@ class LSCQuantizer(LearnedQuantizer):
             self._stat, self._stat_key = std, key
         return std.reshape(self.sigma.shape)
 
+    @property
+    def whole_statistic(self) -> Callable[[Callable[[], Iterable[torch.Tensor]]], torch.Tensor] | None:
+        """For a per-tensor quantizer: the function that moves sigma once by the population std
+        of a tensor given as blocks (`blocks()` yields them; sums in float64) and returns the
+        value of this call, for the caller to set as `given` while it quantizes the blocks."""
+        return self._whole_statistic if self.spec.granularity == "tensor" and self.training else None
+
+    def _whole_statistic(self, blocks: Callable[[], Iterable[torch.Tensor]]) -> torch.Tensor:
+        def update() -> torch.Tensor:
+            n, s1, s2 = 0, 0.0, 0.0
+            for b in blocks():
+                flat = b.detach().reshape(-1).double()
+                n, s1, s2 = n + flat.numel(), s1 + flat.sum(), s2 + torch.dot(flat, flat)
+            std = ((s2 - s1 * s1 / n) / n).clamp_min(0).sqrt().float().reshape(self.sigma.shape)
+            return self.sigma.lerp_(std, 1 - self.momentum).clone()
+
+        return running_statistic(self, update)
+
     def effective_scale(self) -> torch.Tensor:
         return self.alpha.detach() * self.sigma / self.q_p
 
@@ -461,7 +479,10 @@ class LSCQuantizer(LearnedQuantizer):
         sigma = self.sigma
         if self.training:  # sigma <- m * sigma + (1 - m) * std(x), in place (no graph holds it);
             # a recomputation in backward gets the value this call used (bench.quant.recompute)
-            sigma = running_statistic(self, lambda: self.sigma.lerp_(self.statistic(x), 1 - self.momentum).clone())
+            given = self.given
+            update = (lambda: given) if given is not None else (
+                lambda: self.sigma.lerp_(self.statistic(x), 1 - self.momentum).clone())
+            sigma = running_statistic(self, update)
         return lsq_quant(x, self.alpha, self.spec.qmin, self.spec.qmax, factor=sigma / self.q_p)
 
 
