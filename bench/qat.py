@@ -396,11 +396,13 @@ def recompute_mode(model: nn.Module, cfg: QATConfig) -> str:
 
 def checkpointed_blocks(model: nn.Module) -> list[nn.Module]:
     """The blocks `recompute: blocks` recomputes: the image encoder's transformer blocks (SAM's
-    ViT, SAM2's Hiera) and SAM2's memory-attention layers (in a video window they attend over
-    every earlier frame's memory)."""
+    ViT, SAM2's Hiera), SAM2's memory-attention layers (in a video window they attend over
+    every earlier frame's memory), its mask decoder and its memory encoder (so that a tracked
+    frame, recomputed as a whole, holds the inside of one of them at a time in backward)."""
     if is_sam(model):
         return list(model.image_encoder.blocks)
-    return [*model.image_encoder.trunk.blocks, *model.memory_attention.layers]
+    return [*model.image_encoder.trunk.blocks, *model.memory_attention.layers, model.sam_mask_decoder,
+            model.memory_encoder]
 
 
 @contextlib.contextmanager

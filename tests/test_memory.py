@@ -218,6 +218,8 @@ def test_memory_benchmark_prints_a_row_per_step():
         assert ("FP training, image", mode) in rows and ("lsq W4A4, image", mode) in rows
     peak, rise = (float(v) for v in rows[("lsq W4A4, image", "all")][:2])
     assert 0 < rise < peak
+    at = rows[("lsq W4A4, image", "all")][-1]  # where the peak was: phase and module
+    assert at.startswith(("forward", "backward")), at
     assert ("evaluation frame (lsq W4A4, image)", "-") in rows
 
 

@@ -22,9 +22,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
+import threading
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -51,6 +53,7 @@ from bench.qat_samples import ImageSample, model_samples
 from bench.quant.attention import QuantAttentionMixin
 from bench.quant.fake import FakeQuantizer
 from bench.quant.learned import learned_quantizers
+from bench.quant.recompute import recomputing
 from bench.recon import tensor_bytes
 
 QAT_METHODS = ("lsq", "pact", "qsam2")
@@ -60,10 +63,15 @@ GiB = 2**30
 
 class SavedTally:
     """Bytes of the tensors the forward pass saves for backward (each storage once), by the
-    innermost module running when it is saved."""
+    innermost module running when it is saved; and, on CPU, where the step's resident memory
+    peaks (`peak_at`): a thread samples it every 2 ms and keeps, at the highest sample, the
+    innermost module running (or the last one left) and whether the step was in its forward
+    pass, in backward recomputing that module, or in backward."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, sample_rss: bool = False) -> None:
         self.model, self.bytes, self.stack, self.seen = model, Counter(), [], set()
+        self.names = {id(m): name or type(m).__name__ for name, m in model.named_modules()}
+        self.sample_rss, self.backward, self.last, self.peak_at = sample_rss, False, None, None
         encoder = {id(m) for m in model.image_encoder.modules()}
         self.kind = {id(m): ("quantizers" if isinstance(m, FakeQuantizer) else
                              "attention" if isinstance(m, QuantAttentionMixin) or "Attention" in type(m).__name__ else
@@ -79,21 +87,51 @@ class SavedTally:
             self.bytes[kind] += storage.nbytes()
         return t
 
+    def _unpack(self, t: torch.Tensor) -> torch.Tensor:
+        self.backward = True
+        return t
+
+    def place(self) -> str:
+        """Where the step is now (see the class docstring)."""
+        phase = "backward, recomputing" if recomputing() else "backward" if self.backward else "forward"
+        inside = [m for m in self.stack if not isinstance(m, FakeQuantizer)]
+        if inside:
+            return f"{phase} in {self.names[id(inside[-1])]}"
+        return f"{phase}, after {self.names[id(self.last)]}" if self.last is not None else phase
+
+    def _sample(self, stop: threading.Event) -> None:
+        page, best = os.sysconf("SC_PAGE_SIZE"), 0
+        with open("/proc/self/statm") as f:
+            while not stop.wait(0.002):
+                f.seek(0)
+                rss = int(f.read().split()[1]) * page
+                if rss > best:
+                    best, self.peak_at = rss, self.place()
+
     @contextlib.contextmanager
     def __call__(self):
         def enter(mod, _inputs) -> None:
             self.stack.append(mod)
 
-        def leave(_mod, _inputs, _output) -> None:  # a hook's return value would replace the output
+        def leave(mod, _inputs, _output) -> None:  # a hook's return value would replace the output
             self.stack.pop()
+            if not isinstance(mod, FakeQuantizer):
+                self.last = mod
 
         hooks = []
         for m in self.model.modules():
             hooks += [m.register_forward_pre_hook(enter), m.register_forward_hook(leave)]
+        stop = threading.Event()
+        sampler = threading.Thread(target=self._sample, args=(stop,), daemon=True) if self.sample_rss else None
+        if sampler:
+            sampler.start()
         try:
-            with torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t):
+            with torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack):
                 yield
         finally:
+            stop.set()
+            if sampler:
+                sampler.join()
             for h in hooks:
                 h.remove()
 
@@ -105,10 +143,11 @@ def _train_row(label: str, model: nn.Module, cfg: QATConfig, sample, ref, meter:
     opt, clip_sets = make_optimizer(model, cfg)
     for q in learned_quantizers(model).values():
         q.train()
-    tally = SavedTally(model)
+    tally = SavedTally(model, sample_rss=meter.device.type == "cpu")
     row = {"row": label, "recompute": mode}
     with meter.measure(row), recomputation(model, mode), tally():
         train_step(model, [(sample, ref)], cfg, opt, clip_sets, reg)
+    row["peak_at"] = tally.peak_at
     row["weights"] = sum(tensor_bytes(p) for p in model.parameters()) + sum(tensor_bytes(b) for b in model.buffers())
     state = opt.state.values() if opt else []
     row["optimizer+grads"] = sum(tensor_bytes(list(s.values())) for s in state) + sum(
@@ -125,7 +164,8 @@ def _gib(v: float) -> str:
 
 
 HEADER = ("| step | recompute | peak GiB | rise GiB | time s | weights | opt+grads | teacher | saved: quantizers | "
-          "attention | image encoder | rest |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "attention | image encoder | rest | peak during (CPU) |\n"
+          "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
 
 
 def row_line(r: dict) -> str:
@@ -138,6 +178,7 @@ def row_line(r: dict) -> str:
         cells += [_gib(saved.get(k, 0)) for k in ("quantizers", "attention", "image encoder")] + [_gib(rest)]
     else:
         cells += ["-"] * 4
+    cells.append(r.get("peak_at") or "-")
     return "| " + " | ".join(cells) + " |"
 
 

@@ -389,15 +389,15 @@ class LSCQuantizer(LearnedQuantizer):
     learned (per tensor / per channel) through the straight-through estimator: the step size
     s = c / Q_P enters `lsq_quant` (LSQ's gradient for s, no gradient scale), which reaches
     alpha as d s / d alpha = sigma / Q_P (sigma is a statistic: no gradient). Signed levels:
-    narrow [-Q_P, Q_P] (`narrow=True`, the grid ends exactly at +-c) or the full range
-    [-Q_P - 1, Q_P]. Init alpha = max|x| / sigma (the RTN range, so LSC starts where RTN is)
+    the full range [-Q_P - 1, Q_P] (default) or narrow [-Q_P, Q_P] (`narrow=True`, the grid
+    ends exactly at +-c). Init alpha = max|x| / sigma (the RTN range, so LSC starts where RTN is)
     or `alpha_init`.
     """
 
     kind = "lsc"
     elementwise = False  # sigma_ema moves with std(x) over the whole tensor in training
 
-    def __init__(self, spec: QuantSpec, momentum: float = 0.9, narrow: bool = True,
+    def __init__(self, spec: QuantSpec, momentum: float = 0.9, narrow: bool = False,
                  alpha_init: float | None = None) -> None:
         super().__init__(spec)
         self.momentum = momentum
