@@ -64,14 +64,15 @@ GiB = 2**30
 class SavedTally:
     """Bytes of the tensors the forward pass saves for backward (each storage once), by the
     innermost module running when it is saved; and, on CPU, where the step's resident memory
-    peaks (`peak_at`): a thread samples it every 2 ms and keeps, at the highest sample, the
-    innermost module running (or the last one left) and whether the step was in its forward
-    pass, in backward recomputing that module, or in backward."""
+    peaks (`peak_at`): a thread samples it every 2 ms and keeps, at the highest sample, whether
+    the step was in its forward pass or in backward (recomputing, or not), and the module that
+    was last entered or left (quantizers aside). Backward runs no module hooks except in
+    recomputation, which may stop part-way through a module: hence the last event, not a stack."""
 
     def __init__(self, model: nn.Module, sample_rss: bool = False) -> None:
         self.model, self.bytes, self.stack, self.seen = model, Counter(), [], set()
         self.names = {id(m): name or type(m).__name__ for name, m in model.named_modules()}
-        self.sample_rss, self.backward, self.last, self.peak_at = sample_rss, False, None, None
+        self.sample_rss, self.backward, self.event, self.peak_at = sample_rss, False, None, None
         encoder = {id(m) for m in model.image_encoder.modules()}
         self.kind = {id(m): ("quantizers" if isinstance(m, FakeQuantizer) else
                              "attention" if isinstance(m, QuantAttentionMixin) or "Attention" in type(m).__name__ else
@@ -94,10 +95,10 @@ class SavedTally:
     def place(self) -> str:
         """Where the step is now (see the class docstring)."""
         phase = "backward, recomputing" if recomputing() else "backward" if self.backward else "forward"
-        inside = [m for m in self.stack if not isinstance(m, FakeQuantizer)]
-        if inside:
-            return f"{phase} in {self.names[id(inside[-1])]}"
-        return f"{phase}, after {self.names[id(self.last)]}" if self.last is not None else phase
+        if self.event is None:
+            return phase
+        what, mod = self.event
+        return f"{phase}: {what} {self.names[id(mod)]}"
 
     def _sample(self, stop: threading.Event) -> None:
         page, best = os.sysconf("SC_PAGE_SIZE"), 0
@@ -112,11 +113,13 @@ class SavedTally:
     def __call__(self):
         def enter(mod, _inputs) -> None:
             self.stack.append(mod)
+            if not isinstance(mod, FakeQuantizer):
+                self.event = ("in", mod)
 
         def leave(mod, _inputs, _output) -> None:  # a hook's return value would replace the output
             self.stack.pop()
             if not isinstance(mod, FakeQuantizer):
-                self.last = mod
+                self.event = ("after", mod)
 
         hooks = []
         for m in self.model.modules():
