@@ -95,7 +95,7 @@ from bench.qat_samples import ClipSample, ImageSample, Sample, model_samples
 from bench.quant.attention import QuantAttentionMixin
 from bench.quant.fake import FakeQuantizer
 from bench.quant.learned import freeze_quantizers, learned_quantizers
-from bench.quant.modules import QuantLayer
+from bench.quant.modules import QuantLayer, QuantLinear
 from bench.quant.recompute import recomputed
 from bench.sam2_train import features, mask_losses, track
 from bench.sam_predictor import is_sam, sam_forward
@@ -108,6 +108,9 @@ RECOMPUTE = ("auto", "off", "attention", "blocks", "all")
 # `recompute: auto` is "all" from this input size up (the real models: 1024 for SAM2.1 and SAM);
 # below it activations are small and recomputing costs time.
 RECOMPUTE_FROM_SIZE = 512
+# Hidden values per call above which training runs an image-encoder block's MLP in chunks of
+# token rows (2^24 fp32 values = 64 MiB; SAM2.1's first Hiera stage makes 25M per frame).
+TRAIN_MLP_ELEMENTS = 2**24
 
 
 @dataclass(frozen=True)
@@ -405,6 +408,42 @@ def checkpointed_blocks(model: nn.Module) -> list[nn.Module]:
             model.memory_encoder]
 
 
+def chunked_mlp(mlp: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`mlp.forward` for training: above TRAIN_MLP_ELEMENTS hidden values, in chunks of token
+    rows (the MLP acts on each row alone), each recomputed on its own, so backward holds one
+    chunk's hidden activations. The values are the same; the gradients of the weights and of
+    the quantizers' parameters are summed chunk by chunk, and LSQ's gradient scale counts the
+    whole input (`covers`). Not split when a quantizer inside is not elementwise (Q-SAM2's
+    LSC moves a statistic at every call)."""
+    forward = mlp.forward
+    layers = [m for m in mlp.modules() if isinstance(m, (nn.Linear, QuantLinear))]
+    hidden = max(m.out_features for m in layers)
+    acts = [(m.aq, m.in_features) for m in layers if isinstance(m, QuantLinear)]
+    splittable = all(q.elementwise for q in mlp.modules() if isinstance(q, FakeQuantizer) and q.active)
+
+    def chunk(x: torch.Tensor, rows: int) -> torch.Tensor:
+        for q, k in acts:
+            q.covers = rows * k
+        try:
+            return forward(x)
+        finally:
+            for q, _ in acts:
+                del q.covers
+
+    core = recomputed(chunk)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // x.shape[-1]
+        if not (torch.is_grad_enabled() and splittable and rows * hidden > TRAIN_MLP_ELEMENTS):
+            return forward(x)
+        step = max(1, TRAIN_MLP_ELEMENTS // hidden)
+        flat = x.reshape(rows, x.shape[-1])
+        out = torch.cat([core(flat[r : r + step], rows) for r in range(0, rows, step)])
+        return out.reshape(*x.shape[:-1], out.shape[-1])
+
+    return run
+
+
 @contextlib.contextmanager
 def recomputation(model: nn.Module, mode: str) -> Iterator[None]:
     """Within the block, training steps keep fewer activations for backward and make them
@@ -412,16 +451,21 @@ def recomputation(model: nn.Module, mode: str) -> Iterator[None]:
     quantized attention's probabilities; "blocks", everything inside each of
     `checkpointed_blocks` (only the blocks' inputs are kept) and inside each tracked frame of a
     SAM2 video window (decoder, memory attention, memory encoder: a frame reads only earlier
-    frames' memory, so it is made again the same); "all", both (inside a block being recomputed, its
-    attention probabilities are made a third time rather than held); "off", nothing."""
+    frames' memory, so it is made again the same), with the image encoder's MLPs in chunks of
+    rows (`chunked_mlp`); "all", both (inside a block being recomputed, its attention
+    probabilities are made a third time rather than held); "off", nothing."""
     attentions = [m for m in model.modules() if isinstance(m, QuantAttentionMixin)] \
         if mode in ("attention", "all") else []
     blocks = checkpointed_blocks(model) if mode in ("blocks", "all") else []
+    encoder = model.image_encoder.blocks if is_sam(model) else model.image_encoder.trunk.blocks
+    mlps = [b.mlp for b in encoder] if blocks else []
     frames = bool(blocks) and not is_sam(model)
     for m in attentions:
         m.recompute = True
     for b in blocks:
         b.forward = recomputed(b.forward)
+    for m in mlps:
+        m.forward = chunked_mlp(m)
     if frames:
         model.recompute_frames = True
     try:
@@ -429,7 +473,7 @@ def recomputation(model: nn.Module, mode: str) -> Iterator[None]:
     finally:
         for m in attentions:
             del m.recompute
-        for b in blocks:
+        for b in [*blocks, *mlps]:
             del b.forward
         if frames:
             del model.recompute_frames

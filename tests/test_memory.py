@@ -169,6 +169,34 @@ def test_attention_blocks_of_lsc_replay_within_recomputed_frames(micro_fp, calib
     _assert_same_states({"all": states["all"]}, states["attention"])
 
 
+@pytest.mark.parametrize("method", ["lsq", "pact"])
+def test_encoder_mlps_in_row_chunks_train_the_same(micro_fp, calib, method, monkeypatch):  # noqa: F811
+    """Above TRAIN_MLP_ELEMENTS hidden values, `recompute: blocks` runs each image-encoder MLP in
+    chunks of rows, each recomputed: more Linear calls, the same training up to summation order
+    (LSQ's step-size gradient scale counts the whole input)."""
+    import bench.qat as qat
+    from bench.quant.modules import QuantLinear
+
+    calls = [0]
+
+    def count(mod, _inputs):
+        calls[0] += isinstance(mod, QuantLinear)
+
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(count)
+    try:
+        runs = {}
+        for limit in (2**30, 4096):
+            monkeypatch.setattr(qat, "TRAIN_MLP_ELEMENTS", limit)
+            calls[0] = 0
+            runs[limit] = (_states_after_two_steps(micro_fp, calib, method, ("blocks",))[0]["blocks"], calls[0])
+    finally:
+        hook.remove()
+    (whole, n1), (chunked, n2) = runs[2**30], runs[4096]
+    assert n2 > n1
+    for k in whole:
+        assert torch.allclose(whole[k].float(), chunked[k].float(), rtol=1e-3, atol=1e-5), k
+
+
 def test_recompute_auto_is_on_at_real_resolution_only(micro_fp):
     cfg = QATConfig(w_bits=4, a_bits=4)
     assert micro_fp.image_size < 512 and recompute_mode(micro_fp, cfg) == "off"
