@@ -413,13 +413,16 @@ def chunked_mlp(mlp: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     rows (the MLP acts on each row alone), each recomputed on its own, so backward holds one
     chunk's hidden activations. The values are the same; the gradients of the weights and of
     the quantizers' parameters are summed chunk by chunk, and LSQ's gradient scale counts the
-    whole input (`covers`). Not split when a quantizer inside is not elementwise (Q-SAM2's
-    LSC moves a statistic at every call)."""
+    whole input (`covers`). A quantizer with a statistic of its whole tensor (Q-SAM2's LSC:
+    `whole_statistic`) moves it once, before the chunks: a weight's from the weight, the first
+    layer's input's from the input, a later layer's input's from a pass over the chunks
+    without gradients; each chunk then quantizes with that value (`given`)."""
     forward = mlp.forward
     layers = [m for m in mlp.modules() if isinstance(m, (nn.Linear, QuantLinear))]
     hidden = max(m.out_features for m in layers)
-    acts = [(m.aq, m.in_features) for m in layers if isinstance(m, QuantLinear)]
-    splittable = all(q.elementwise for q in mlp.modules() if isinstance(q, FakeQuantizer) and q.active)
+    quant = [m for m in layers if isinstance(m, QuantLinear)]
+    acts = [(m.aq, m.in_features) for m in quant]
+    active = [q for q in mlp.modules() if isinstance(q, FakeQuantizer) and q.active]
 
     def chunk(x: torch.Tensor, rows: int) -> torch.Tensor:
         for q, k in acts:
@@ -432,13 +435,41 @@ def chunked_mlp(mlp: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
 
     core = recomputed(chunk)
 
+    def inputs_of(layer: nn.Module, chunks: list[torch.Tensor]) -> Iterator[torch.Tensor]:
+        seen = []
+        hook = layer.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+        try:
+            with torch.no_grad():
+                for c in chunks:
+                    forward(c)
+                    yield seen.pop()
+        finally:
+            hook.remove()
+
+    def give(chunks: list[torch.Tensor]) -> list[FakeQuantizer]:
+        given = []
+        for i, layer in enumerate(quant):
+            for q, blocks in ((layer.wq, lambda w=layer.weight: [w]),
+                              (layer.aq, (lambda: chunks) if i == 0 else (lambda m=layer: inputs_of(m, chunks)))):
+                if q.active and not q.elementwise:
+                    q.given = q.whole_statistic(blocks)
+                    given.append(q)
+        return given
+
     def run(x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
+        splittable = all(q.elementwise or getattr(q, "whole_statistic", None) for q in active)
         if not (torch.is_grad_enabled() and splittable and rows * hidden > TRAIN_MLP_ELEMENTS):
             return forward(x)
         step = max(1, TRAIN_MLP_ELEMENTS // hidden)
         flat = x.reshape(rows, x.shape[-1])
-        out = torch.cat([core(flat[r : r + step], rows) for r in range(0, rows, step)])
+        chunks = [flat[r : r + step] for r in range(0, rows, step)]
+        given = give(chunks)
+        try:
+            out = torch.cat([core(c, rows) for c in chunks])
+        finally:
+            for q in given:
+                q.given = None
         return out.reshape(*x.shape[:-1], out.shape[-1])
 
     return run

@@ -169,11 +169,12 @@ def test_attention_blocks_of_lsc_replay_within_recomputed_frames(micro_fp, calib
     _assert_same_states({"all": states["all"]}, states["attention"])
 
 
-@pytest.mark.parametrize("method", ["lsq", "pact"])
+@pytest.mark.parametrize("method", ["lsq", "pact", "qsam2"])
 def test_encoder_mlps_in_row_chunks_train_the_same(micro_fp, calib, method, monkeypatch):  # noqa: F811
     """Above TRAIN_MLP_ELEMENTS hidden values, `recompute: blocks` runs each image-encoder MLP in
     chunks of rows, each recomputed: more Linear calls, the same training up to summation order
-    (LSQ's step-size gradient scale counts the whole input)."""
+    (LSQ's step-size gradient scale counts the whole input; LSC's statistics move once per call,
+    from the whole tensor, as unsplit)."""
     import bench.qat as qat
     from bench.quant.modules import QuantLinear
 
@@ -194,7 +195,12 @@ def test_encoder_mlps_in_row_chunks_train_the_same(micro_fp, calib, method, monk
     (whole, n1), (chunked, n2) = runs[2**30], runs[4096]
     assert n2 > n1
     for k in whole:
-        assert torch.allclose(whole[k].float(), chunked[k].float(), rtol=1e-3, atol=1e-5), k
+        # Adam moves a parameter by about its learning rate whatever the gradient's size, so under
+        # LSC (whose statistics pass rounds apart from the chunks) trained tensors differ by about
+        # that; its statistics (sigma) must not
+        trained = method == "qsam2" and not k.endswith("sigma")
+        assert torch.allclose(whole[k].float(), chunked[k].float(), rtol=5e-3 if trained else 1e-3,
+                              atol=1e-4 if trained else 1e-5), k
 
 
 def test_recompute_auto_is_on_at_real_resolution_only(micro_fp):

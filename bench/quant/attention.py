@@ -119,7 +119,7 @@ class QuantAttentionMixin:
         nq, per_row = q.shape[-2], math.prod(q.shape[:-2]) * k.shape[-2]
         rows = max(1, TRAIN_BLOCK_ELEMENTS // per_row)
         pq = self.p_quant
-        whole = None if pq.elementwise else getattr(pq, "whole_statistic", None)
+        whole = None if pq.elementwise or pq.spec.granularity != "tensor" else getattr(pq, "whole_statistic", None)
         if rows >= nq or dropout_p > 0.0 or not (pq.elementwise or whole):
             return core(q, k, v, dropout_p, rel=rel)
         starts = range(0, nq, rows)

@@ -454,13 +454,17 @@ class LSCQuantizer(LearnedQuantizer):
 
     @property
     def whole_statistic(self) -> Callable[[Callable[[], Iterable[torch.Tensor]]], torch.Tensor] | None:
-        """For a per-tensor quantizer: the function that moves sigma once by the population std
-        of a tensor given as blocks (`blocks()` yields them; sums in float64) and returns the
-        value of this call, for the caller to set as `given` while it quantizes the blocks."""
-        return self._whole_statistic if self.spec.granularity == "tensor" and self.training else None
+        """In training: the function that moves sigma once by the std of a tensor given as
+        blocks (`blocks()` yields them: per tensor, the population std from float64 sums over
+        all of them; per channel, one block, the whole weight) and returns the value of this
+        call, for the caller to set as `given` while it quantizes the blocks one by one."""
+        return self._whole_statistic if self.training else None
 
     def _whole_statistic(self, blocks: Callable[[], Iterable[torch.Tensor]]) -> torch.Tensor:
         def update() -> torch.Tensor:
+            if self.spec.granularity != "tensor":
+                (w,) = blocks()
+                return self.sigma.lerp_(self.statistic(w), 1 - self.momentum).clone()
             n, s1, s2 = 0, 0.0, 0.0
             for b in blocks():
                 flat = b.detach().reshape(-1).double()
