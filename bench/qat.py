@@ -56,10 +56,12 @@ often (see `sample_order`). Chosen on the held-out dev set (`sweeps/qat-dev.yaml
 sets of data seed 1, 0.5 against the data's own mix), not on the test split.
 
 Memory (`recompute`, a cost setting: results are the same bit for bit, except that above
-2^24 probabilities a recomputed attention runs in blocks of query rows whose gradients are
-summed block by block, bench.quant.attention): "blocks" keeps only
-the input of each image-encoder block (and SAM2 memory-attention layer, and each tracked
-frame of a video window) for backward and recomputes it there; "attention"
+2^24 probabilities a recomputed attention runs in blocks of query rows, and above
+TRAIN_MLP_ELEMENTS hidden values an image-encoder MLP in chunks of rows, whose gradients are
+summed block by block: bench.quant.attention, `chunked_mlp`): "blocks" keeps only
+the input of each image-encoder block (and SAM2 memory-attention layer, mask decoder and
+memory encoder, and each tracked frame of a video window) for backward and recomputes it
+there; "attention"
 recomputes only the quantized attentions' probabilities (the image encoder's, the decoder's
 and memory attention's, which in a video window attends over every earlier frame); "all"
 both; "off" neither; "auto" (default) is "all" at the real models' resolution (input >=
@@ -109,8 +111,8 @@ RECOMPUTE = ("auto", "off", "attention", "blocks", "all")
 # below it activations are small and recomputing costs time.
 RECOMPUTE_FROM_SIZE = 512
 # Hidden values per call above which training runs an image-encoder block's MLP in chunks of
-# token rows (2^24 fp32 values = 64 MiB; SAM2.1's first Hiera stage makes 25M per frame).
-TRAIN_MLP_ELEMENTS = 2**24
+# token rows (2^22 fp32 values = 16 MiB; SAM2.1's first Hiera stage makes 25M per frame).
+TRAIN_MLP_ELEMENTS = 2**22
 
 
 @dataclass(frozen=True)
