@@ -195,13 +195,19 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
+def as_record(obj: Any) -> Any:
+    """`obj` as a record holds it once read back: JSON types, non-finite numbers as None,
+    anything else unknown as its str."""
+    return _finite(json.loads(json.dumps(obj, default=str)))
+
+
 def write_json_atomic(path: str | Path, obj: Any) -> None:
     """THE writer of records and references: JSON (sorted keys, non-finite numbers as null,
     anything else unknown as its str) to a temporary file in the same folder, fsync, mode 644,
     then rename over `path`: readers see the old file or the whole new one, never a part."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_finite(json.loads(json.dumps(obj, default=str))), indent=2, sort_keys=True, allow_nan=False)
+    text = json.dumps(as_record(obj), indent=2, sort_keys=True, allow_nan=False)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:

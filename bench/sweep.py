@@ -92,7 +92,17 @@ def select(sweep: Sweep, only: list[tuple[str, str]], folder: Path, mode: str) -
         labels = {k: "fp" if v is None else str(v) for k, v in sc.labels().items()}
         if only and not all(any(labels.get(k) == v for kk, v in only if kk == k) for k, _ in only):
             continue
-        status = (read_record(folder, sc.cell_id) or {}).get("status")
+        record = read_record(folder, sc.cell_id) or {}
+        status = record.get("status")
+        stored = (record.get("config") or {}).get("method")
+        # a setting the record lacks (or no longer known) is not compared: a field added later
+        # defaults to what came before it
+        changed = sorted(k for k in set(stored or {}) & set(sc.method_config or {})
+                         if stored[k] != sc.method_config[k])
+        if status == "ok" and changed:
+            print(f"{sc.cell_id} ({sc.cell.method} {sc.variant or 'default'} {sc.cell.task}): its record was "
+                  f"made under other method settings ({', '.join(changed)}): stale", file=sys.stderr)
+            status = "stale"
         if mode == "force" or (mode == "failed" and status == "failed") or (mode == "missing" and status != "ok"):
             todo.append(sc)
         else:

@@ -29,6 +29,7 @@ from bench.cell import Cell, cell_id, resolve
 from bench.data.vos import VOS_FORMATS
 from bench.method import METHODS, Method
 from bench.models import MODELS, checkpoint_path
+from bench.results import as_record
 from bench.tasks import DATA_FREE_TASKS, TASKS
 
 EXECUTORS = ("debug", "local", "slurm")
@@ -52,6 +53,9 @@ class SweepCell:
     cell: Cell
     cell_id: str
     variant: str = ""
+    # the method's whole resolved config (defaults included) as a record stores it: a record
+    # made under other defaults is stale, not done (the id hashes only the options given)
+    method_config: dict[str, Any] | None = None
 
     def labels(self) -> dict[str, Any]:
         c = self.cell
@@ -219,7 +223,7 @@ def load(path: str | Path) -> Sweep:
                                        f"({method.variant or 'default'}), other options (e.g. the scope): "
                                        "give one of them a `tag:`")
                 labels[label] = key
-                cells.append(SweepCell(cell, cid, method.variant))
+                cells.append(SweepCell(cell, cid, method.variant, as_record(method.config.to_dict())))
     _check_paths(doc, base, models, tasks, ck)
     return Sweep(name, path, cells, _executor(doc.get("executor"), ck), skipped, ck.warnings)
 

@@ -322,6 +322,29 @@ def test_debug_run_records_and_reruns(tmp_path, data, capsys):
     assert "1 ok, 0 failed, 0 skipped" in capsys.readouterr().err
 
 
+def test_a_record_made_under_other_method_defaults_is_stale_and_run_again(tmp_path, data, capsys):
+    """The cell id hashes the options given, not the method's defaults: a record whose stored
+    method settings differ from today's resolved ones is run again (and said so), not reused;
+    a setting the record does not have (added later) is not compared."""
+    path = small_sweep(tmp_path, data, "[rtn]")
+    results = tmp_path / "results"
+    assert sweep_main([str(path), "--results", str(results), "--only", "task=instseg"]) == 0
+    capsys.readouterr()
+    (cid,) = records(results / "s")
+    rec_path = results / "s" / f"{cid}.json"
+    rec = json.loads(rec_path.read_text())
+    rec["config"]["method"].pop("w_bits")  # a field the old record lacks: not compared
+    rec_path.write_text(json.dumps(rec))
+    assert sweep_main([str(path), "--results", str(results), "--only", "task=instseg"]) == 0
+    assert "0 ok, 0 failed, 1 skipped" in capsys.readouterr().err
+    rec["config"]["method"]["scope_preset"] = "another"  # made under another default
+    rec_path.write_text(json.dumps(rec))
+    assert sweep_main([str(path), "--results", str(results), "--only", "task=instseg"]) == 0
+    err = capsys.readouterr().err
+    assert "made under other method settings (scope_preset): stale" in err and "1 ok, 0 failed, 0 skipped" in err
+    assert json.loads(rec_path.read_text())["config"]["method"]["scope_preset"] != "another"
+
+
 @pytest.mark.slow
 def test_local_executor_faults_are_recorded_and_reruns_complete(tmp_path, data, monkeypatch, capsys):
     """A cell that raises, a worker killed with SIGKILL and a cell past its timeout, beside
