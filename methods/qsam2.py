@@ -52,19 +52,16 @@ factor ("learns momentum-stabilized clipping factors to manage outliers in weigh
 activations"); it says nothing of the three choices below, which are switches whose defaults
 were chosen on the held-out dev set (`sweeps/qat-dev.yaml`: W2A4, micro model, synthetic sets
 of data seed 1; rule: an alternative becomes the default when it is better in both J&F and
-mIoU; paired differences [95% interval], each alternative against the row with the narrow
-grid, null and joint, the defaults before this choice):
+mIoU; the paired differences are in the README, "Choices made on the dev set"):
   - `lsc_narrow`: signed tensors on the full grid [-2^(b-1), 2^(b-1) - 1] (false, the default:
     4 levels at 2 bits, LSQ's; the extra level lies at -(2^(b-1)) / (2^(b-1) - 1) x c, beyond
     the clip) or the narrow symmetric grid [-(2^(b-1) - 1), 2^(b-1) - 1] (true: 3 levels at 2
-    bits, the grid ends exactly at +-c). Full against narrow on dev: J&F +3.0 [-2.3, 8.8],
-    mIoU +2.2 [0.0, 4.2];
+    bits, the grid ends exactly at +-c);
   - `lsc_alpha_init`: alpha starts at max|x| / sigma (null, the default: the RTN range, no
     clipping at step 0) or at this number (a clip of that many standard deviations from the
-    start). 3.0 against null on dev: J&F -8.4 [-16.2, -0.7], mIoU -0.0 [-2.4, 2.2];
+    start);
   - `grad_clip_scope` (bench.qat): the gradient-norm clip over weights and clipping factors
-    together ("joint", the default) or apart ("separate"). Separate against joint on dev: J&F
-    -3.1 [-9.1, 2.5], mIoU -0.4 [-2.7, 1.8].
+    together ("joint", the default) or apart ("separate").
 Without `lsc` the quantizers are RTN's: weights with min/max ranges of the current weight
 (`RTNWeightQuantizer`, recomputed at every training step), activation ranges fixed at their
 calibration.
