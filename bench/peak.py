@@ -1,7 +1,7 @@
 """Peak memory of a stretch of code: CUDA's max allocated, or on Linux the process's resident
 set high-water mark (VmHWM) after a reset (freed heap is returned to the system first, so the
 figure is what the stretch needs on top of what is live). Used by the memory benchmark and the
-`latency` task.
+`latency` task; `map_large_allocations` keeps training's resident memory near what is live.
 """
 
 from __future__ import annotations
@@ -9,12 +9,33 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import os
 import time
 from pathlib import Path
 
 import torch
 
 from bench import BenchError
+
+MMAP_THRESHOLD = 256 << 10  # bytes: larger allocations get their own mapping (glibc's M_MMAP_THRESHOLD)
+
+
+def map_large_allocations() -> bool:
+    """On Linux with glibc: from now on every allocation above MMAP_THRESHOLD gets its own
+    memory mapping, returned to the system when freed. glibc's default threshold starts at
+    128 KiB and rises to the size of each large block freed, up to 32 MiB, so most tensors of
+    a training step come from the heap, where freed holes stay resident until the heap's top
+    is free: a step's resident peak is then set by fragmentation more than by live tensors
+    (the README's memory figures measure both). Process-wide and lasting; returns whether
+    it took effect: not without glibc, nor with the environment variable BENCH_MALLOC=default
+    (glibc's own behaviour, e.g. to compare)."""
+    if os.environ.get("BENCH_MALLOC", "mapped") == "default":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    return bool(libc.mallopt(-3, MMAP_THRESHOLD))  # M_MMAP_THRESHOLD
 
 
 class Meter:

@@ -54,6 +54,7 @@ from torch import nn
 from bench import BenchError, progress
 from bench.calib import CalibData, CalibImage
 from bench.method import Method, QuantConfig
+from bench.peak import map_large_allocations
 from bench.quant import quant_attentions, quant_layers, wrap
 from bench.quant.attention import QuantSamEncoderAttention
 from bench.quant.calibrate import calibrate_activations, calibrate_weights
@@ -277,6 +278,8 @@ class PTQPipeline(Method):
     def apply(self, model: nn.Module, calib: CalibData | None) -> nn.Module:
         cfg = self.config
         fp_model = copy.deepcopy(model).eval() if cfg.recon else None
+        if cfg.recon and next(model.parameters()).device.type == "cpu":
+            map_large_allocations()  # freed captures and activations go back to the system (bench.peak)
         wrap(model, cfg.plan())
         for attn in quant_attentions(model).values():
             if isinstance(attn, QuantSamEncoderAttention):

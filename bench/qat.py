@@ -93,6 +93,7 @@ from tqdm import tqdm
 from bench import BenchError
 from bench.calib import CalibData
 from bench.method import Method, QuantConfig
+from bench.peak import map_large_allocations
 from bench.qat_samples import ClipSample, ImageSample, Sample, model_samples
 from bench.quant.attention import QuantAttentionMixin
 from bench.quant.fake import FakeQuantizer
@@ -560,6 +561,8 @@ def train(
     """Train `model` (quantized, in place) for `cfg.steps` steps; returns figures for the
     record: steps, time, losses before/after (`report_loss`), peak memory."""
     device = _device(model)
+    if device.type == "cpu":
+        map_large_allocations()  # freed activations go back to the system: the resident peak is what is live
     seed = torch.initial_seed() if cfg.seed is None else cfg.seed
     torch.manual_seed(seed)
     if device.type == "cuda":

@@ -299,3 +299,42 @@ def test_training_attention_in_row_blocks_gives_the_same_values(micro_fp, calib,
     assert (method == "qsam2") == bool(s1)
     for k in s1:  # moved once by the whole tensor's std, not once per block
         assert not torch.equal(s1[k], state[k]) and torch.allclose(s1[k], s2[k], rtol=1e-6)
+
+
+ALLOCATOR_PROBE = r"""
+import ctypes, sys, torch
+from bench.peak import _status, map_large_allocations
+libc = ctypes.CDLL("libc.so.6")
+libc.mallopt(-3, 32 << 20)  # where glibc's dynamic threshold ends after a few large frees
+if sys.argv[1] == "mapped":
+    assert map_large_allocations()
+def freed_but_resident():
+    blocks = [torch.ones(1 << 20) for _ in range(64)]  # 64 blocks of 4 MiB, the last kept live
+    before = _status("VmRSS")
+    del blocks[:-1]
+    return (before - _status("VmRSS")) / 2**20
+print(freed_but_resident())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+@pytest.mark.parametrize("mode", ["mapped", "default"])
+def test_large_allocations_are_given_back_when_freed(mode):
+    """With `map_large_allocations` 63 freed 4 MiB tensors (252 MiB) leave the resident set at
+    once; under glibc's raised threshold they stay in the heap below the live last one."""
+    env = {**os.environ, "BENCH_MALLOC": "mapped"}
+    proc = subprocess.run([sys.executable, "-c", ALLOCATOR_PROBE, mode], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    returned = float(proc.stdout.split()[-1])
+    if mode == "mapped":
+        assert returned > 240
+    else:
+        assert returned < 20
+
+
+def test_bench_malloc_default_keeps_glibcs_behaviour(monkeypatch):
+    from bench.peak import map_large_allocations
+
+    monkeypatch.setenv("BENCH_MALLOC", "default")
+    assert map_large_allocations() is False

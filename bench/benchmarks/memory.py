@@ -5,11 +5,12 @@ model order: the image encoder's highest-resolution one), and one evaluation fra
 
     python -m bench.benchmarks.memory --model sam2.1-t [--device cpu|cuda] [--bits 4]
         [--recompute auto|off|attention|blocks|all] [--compare-recompute] [--methods lsq,pact,qsam2]
-        [--recon ptq4sam-L,saqsam] [--skip fp,video,eval]
+        [--recon ptq4sam-L,saqsam] [--skip fp,video,eval] [--malloc mapped|default]
 
 Peak memory: on CPU the process's resident set (VmHWM, reset before each step; freed heap is
-returned to the system first, so the figure is what the step needs on top of what is live),
-on CUDA `max_memory_allocated`. Each row prints the peak, the rise over the memory live
+returned to the system first, so the figure is what the step needs on top of what is live;
+large allocations mapped apart as in training, `--malloc default` for glibc's own rule), on
+CUDA `max_memory_allocated`. Each row prints the peak, the rise over the memory live
 before the step, and the time. Where the memory goes: the bytes of the weights, of the
 optimizer state and gradients, of the FP teacher's outputs for the sample, and the tensors
 the forward pass saves for backward, by where they are saved (inside a quantizer, inside
@@ -38,7 +39,7 @@ from bench import BenchError
 from bench.calib import CalibData
 from bench.method import Method
 from bench.models import MODELS, build_model
-from bench.peak import Meter
+from bench.peak import Meter, map_large_allocations
 from bench.qat import (
     RECOMPUTE,
     QATConfig,
@@ -199,6 +200,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--recon", default=",".join(RECON), help="reconstruction parts (comma-separated; '' for none)")
     p.add_argument("--skip", default="", help="comma-separated: fp, video, eval")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--malloc", default=os.environ.get("BENCH_MALLOC", "mapped"), choices=("mapped", "default"),
+                   help="CPU: mapped, large allocations mapped apart as training and reconstruction do "
+                        "(bench.peak.map_large_allocations); default, glibc's own threshold (BENCH_MALLOC=default)")
     p.add_argument("--part", help=argparse.SUPPRESS)  # internal: one part, rows as JSON lines
     argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv)
@@ -221,11 +225,12 @@ def run(args: argparse.Namespace, argv: list[str]) -> None:
     parts = [*([] if "fp" in skip else ["fp"]), *filter(None, args.methods.split(",")), *recon]
     print(f"Memory and time, {args.model} (random weights) at its input size, {args.device}, "
           f"{args.threads or 'default'} thread(s), torch {torch.__version__}; a video window = {args.clip_frames} "
-          f"frames; each part in its own process; GiB = 2^30 bytes")
+          f"frames; each part in its own process; GiB = 2^30 bytes"
+          + (f"; malloc: {args.malloc}" if args.device == "cpu" else ""))
     print(HEADER, flush=True)
     for part in parts:
         proc = subprocess.run([sys.executable, "-m", "bench.benchmarks.memory", *argv, "--part", part],
-                              stdout=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, text=True, env={**os.environ, "BENCH_MALLOC": args.malloc})
         for line in proc.stdout.splitlines():
             if line.startswith(ROW):
                 print(row_line(json.loads(line[len(ROW):])), flush=True)
@@ -242,6 +247,8 @@ def run_part(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise BenchError("--device cuda: no CUDA device here")
+    if device.type == "cpu":
+        map_large_allocations()  # unless BENCH_MALLOC=default (--malloc default)
     skip = set(filter(None, args.skip.split(",")))
     from bench.data.synth import ensure_default
 
