@@ -5,7 +5,7 @@ model order: the image encoder's highest-resolution one), and one evaluation fra
 
     python -m bench.benchmarks.memory --model sam2.1-t [--device cpu|cuda] [--bits 4]
         [--recompute auto|off|attention|blocks|all] [--compare-recompute] [--methods lsq,pact,qsam2]
-        [--recon ptq4sam-L,saqsam] [--skip fp,video,eval] [--malloc mapped|default]
+        [--recon ptq4sam-L,saqsam] [--skip fp,fp-off,video,eval] [--malloc mapped|default]
 
 Peak memory: on CPU the process's resident set (VmHWM, reset before each step; freed heap is
 returned to the system first, so the figure is what the step needs on top of what is live;
@@ -198,7 +198,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="also LSQ's image step under every recompute mode")
     p.add_argument("--methods", default=",".join(QAT_METHODS), help="QAT methods (comma-separated; '' for none)")
     p.add_argument("--recon", default=",".join(RECON), help="reconstruction parts (comma-separated; '' for none)")
-    p.add_argument("--skip", default="", help="comma-separated: fp, video, eval")
+    p.add_argument("--skip", default="",
+                   help="comma-separated: fp, fp-off (FP without recomputation: the largest), video, eval")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--malloc", default=os.environ.get("BENCH_MALLOC", "mapped"), choices=("mapped", "default"),
                    help="CPU: mapped, large allocations mapped apart as training and reconstruction do "
@@ -283,8 +284,9 @@ def run_part(args: argparse.Namespace) -> None:
             cfg, label, term = method.config, f"{args.part} {bits}", method.regularizer()
             reg = (lambda: term(model)) if term else None
         compare = args.compare_recompute and args.part in ("fp", args.methods.split(",")[0])
+        plain = ("off", mode) if args.part == "fp" and "fp-off" not in skip else (mode,)
         for kind, s in picks.items():
-            modes = RECOMPUTE[1:] if compare and kind == "image" else (("off", mode) if args.part == "fp" else (mode,))
+            modes = RECOMPUTE[1:] if compare and kind == "image" else plain
             for md in dict.fromkeys(modes):
                 add(_train_row(f"{label}, {kind}", model, cfg, s, teacher[kind], meter, md, reg))
         if "eval" not in skip and args.part != "fp":
