@@ -31,11 +31,16 @@ def map_large_allocations() -> bool:
     (glibc's own behaviour, e.g. to compare)."""
     if os.environ.get("BENCH_MALLOC", "mapped") == "default":
         return False
+    return set_mmap_threshold(MMAP_THRESHOLD)
+
+
+def set_mmap_threshold(size: int) -> bool:
+    """glibc's M_MMAP_THRESHOLD (fixed from then on: no dynamic rise); False without glibc."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return False
-    return bool(libc.mallopt(-3, MMAP_THRESHOLD))  # M_MMAP_THRESHOLD
+    return bool(libc.mallopt(-3, size))  # M_MMAP_THRESHOLD
 
 
 class Meter:

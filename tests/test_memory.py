@@ -338,3 +338,12 @@ def test_bench_malloc_default_keeps_glibcs_behaviour(monkeypatch):
 
     monkeypatch.setenv("BENCH_MALLOC", "default")
     assert map_large_allocations() is False
+
+
+def test_malloc_benchmark_times_both_rules():
+    cmd = [sys.executable, "-m", "bench.benchmarks.malloc", "--model", "micro", "--repeats", "1", "--threads", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line.split("|")[1:-1] for line in proc.stdout.splitlines() if line.startswith("| ") and " s |" not in line]
+    assert [r[0].split(" (")[0].strip() for r in rows] == ["glibc's ceiling", "mapped apart"]
+    assert all(float(v) > 0 for r in rows for v in r[1:])
