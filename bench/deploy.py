@@ -182,6 +182,8 @@ class Int4WeightLinear(nn.Module):
             packed_u8 = (u[:, ::2] << 4 | u[:, 1::2]).to(torch.uint8)
             self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack(packed_u8, tiles))
         else:
+            if n % 16:
+                raise BenchError(f"deploy: the CPU int4 kernel needs n % 16 == 0, got {n}")
             self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(u, 1))
         self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().clone(), requires_grad=False)
 

@@ -170,3 +170,13 @@ def test_calibration_subclasses_deploy_but_qdrop_in_evaluation_does_not():
         assert torch.allclose(Int8Linear(ql, "int8-onednn")(x), ref, rtol=0, atol=1e-5 * ref.abs().max().item())
     q.drop_prob = 0.5
     assert config_of(ql) == "activation quantizer is not a uniform per-tensor one"
+
+
+def test_w4_layer_the_cpu_kernel_cannot_take_is_left_with_its_reason():
+    """tinygemm's CPU packing needs a multiple of 16 output channels: such a layer stays as it
+    is, named with the reason, and the rest of the model is deployed."""
+    model = nn.Sequential(_layer(4, None, n=96)[0], nn.ReLU(), _layer(4, None, k=96, n=40)[0])
+    dep = deploy(model)
+    assert dep.backend == "int4-tinygemm" and dep.converted == ["0"]
+    assert dep.left == {"2": "deploy: the CPU int4 kernel needs n % 16 == 0, got 40"}
+    assert isinstance(dep.model[2], QuantLinear)
