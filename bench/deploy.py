@@ -189,7 +189,7 @@ class Int4WeightLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        x2 = x.reshape(-1, shape[-1]).to(torch.bfloat16)
+        x2 = x.reshape(-1, shape[-1]).to(torch.bfloat16).contiguous()  # .to keeps a permuted input's strides
         mm = torch.ops.aten._weight_int4pack_mm if self.device.type == "cuda" else \
             torch.ops.aten._weight_int4pack_mm_for_cpu
         out = mm(x2, self.packed, self.group, self.scales_zeros).float()

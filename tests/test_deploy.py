@@ -67,6 +67,9 @@ def test_w4_weight_only_layer_and_bytes():
     assert (out - ref).abs().max() <= 0.02 * ref.abs().max()
     bf16 = 2 * ql.weight.numel()
     assert d.deployed_bytes() <= 0.3 * bf16
+    xt = x.t().contiguous().t()  # channels-first storage, as a permuted input (SAM2's memory encoder)
+    with torch.no_grad():
+        assert torch.equal(d(xt), d(xt.contiguous()))
 
 
 def test_configs_and_what_is_left():
