@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("error: needs glibc (mallopt)")
     libc = ctypes.CDLL("libc.so.6")
     with tempfile.TemporaryDirectory() as tmp:
-        calib = CalibData.from_datasets(str(ensure_default() / "davis"), str(ensure_default() / "coco"), 2, Path(tmp))
+        root = ensure_default()
+        calib = CalibData.from_datasets(str(root / "davis"), str(root / "coco"), 2, Path(tmp))
         model = build_model(args.model, random_init=True, device="cpu")
         image = next(s for s in model_samples(calib, model, 2) if isinstance(s, ImageSample))
     (ref,) = teacher_outputs(model, [image])
