@@ -55,6 +55,7 @@ from bench import BenchError, progress
 from bench.calib import CalibData, CalibImage
 from bench.method import Method, QuantConfig
 from bench.peak import map_large_allocations
+from bench.qat import real_resolution
 from bench.quant import quant_attentions, quant_layers, wrap
 from bench.quant.attention import QuantSamEncoderAttention
 from bench.quant.calibrate import calibrate_activations, calibrate_weights
@@ -278,7 +279,7 @@ class PTQPipeline(Method):
     def apply(self, model: nn.Module, calib: CalibData | None) -> nn.Module:
         cfg = self.config
         fp_model = copy.deepcopy(model).eval() if cfg.recon else None
-        if cfg.recon and next(model.parameters()).device.type == "cpu":
+        if cfg.recon and next(model.parameters()).device.type == "cpu" and real_resolution(model):
             map_large_allocations()  # freed captures and activations go back to the system (bench.peak)
         wrap(model, cfg.plan())
         for attn in quant_attentions(model).values():

@@ -396,8 +396,14 @@ def recompute_mode(model: nn.Module, cfg: QATConfig) -> str:
     """`cfg.recompute` with "auto" resolved by the model's input size."""
     if cfg.recompute != "auto":
         return cfg.recompute
+    return "all" if real_resolution(model) else "off"
+
+
+def real_resolution(model: nn.Module) -> bool:
+    """Whether the model's input is of the real models' size (memory matters: recomputation on
+    by default, large allocations mapped apart on CPU); the built-in micro models' is not."""
     size = model.image_encoder.img_size if is_sam(model) else model.image_size
-    return "all" if size >= RECOMPUTE_FROM_SIZE else "off"
+    return size >= RECOMPUTE_FROM_SIZE
 
 
 def checkpointed_blocks(model: nn.Module) -> list[nn.Module]:
@@ -561,8 +567,6 @@ def train(
     """Train `model` (quantized, in place) for `cfg.steps` steps; returns figures for the
     record: steps, time, losses before/after (`report_loss`), peak memory."""
     device = _device(model)
-    if device.type == "cpu":
-        map_large_allocations()  # freed activations go back to the system: the resident peak is what is live
     seed = torch.initial_seed() if cfg.seed is None else cfg.seed
     torch.manual_seed(seed)
     if device.type == "cuda":
@@ -582,6 +586,8 @@ def train(
         q.train()  # LSC updates its EMA statistics in training mode
     order = sample_order(samples, cfg.video_share, torch.Generator().manual_seed(seed))
     info["recompute"] = recompute_mode(model, cfg)
+    if device.type == "cpu" and real_resolution(model):
+        map_large_allocations()  # freed activations go back to the system: the resident peak is what is live
     t0 = time.perf_counter()
     ema = None
     bar = tqdm(range(cfg.steps), desc=desc, file=sys.stderr, mininterval=5, disable=cfg.steps == 0)
