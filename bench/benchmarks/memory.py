@@ -45,6 +45,7 @@ from bench.qat import (
     QATConfig,
     forward,
     make_optimizer,
+    real_resolution,
     recomputation,
     recompute_mode,
     teacher_outputs,
@@ -202,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="comma-separated: fp, fp-off (FP without recomputation: the largest), video, eval")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--malloc", default=os.environ.get("BENCH_MALLOC", "mapped"), choices=("mapped", "default"),
-                   help="CPU: mapped, large allocations mapped apart as training and reconstruction do "
+                   help="CPU: mapped, large allocations mapped apart at the real resolution as in training "
                         "(bench.peak.map_large_allocations); default, glibc's own threshold (BENCH_MALLOC=default)")
     p.add_argument("--part", help=argparse.SUPPRESS)  # internal: one part, rows as JSON lines
     argv = sys.argv[1:] if argv is None else argv
@@ -248,8 +249,6 @@ def run_part(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise BenchError("--device cuda: no CUDA device here")
-    if device.type == "cpu":
-        map_large_allocations()  # unless BENCH_MALLOC=default (--malloc default)
     skip = set(filter(None, args.skip.split(",")))
     from bench.data.synth import ensure_default
 
@@ -262,6 +261,8 @@ def run_part(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         calib = CalibData.from_datasets(str(root / "davis"), str(root / "coco"), args.calib_n, Path(tmp))
         model = build_model(args.model, random_init=True, device=args.device)
+        if device.type == "cpu" and real_resolution(model):  # training's rule; BENCH_MALLOC=default: glibc's
+            map_large_allocations()
         bits = f"W{args.bits}A{args.bits}"
         if args.part in RECON:
             name, options = RECON[args.part]
