@@ -285,3 +285,17 @@ def image_predictor(model: nn.Module):
     size = model.image_size
     predictor._bb_feat_sizes = [(size // 4, size // 4), (size // 8, size // 8), (size // 16, size // 16)]
     return predictor
+
+
+# Input size from which a model counts as real-sized (SAM2.1 and SAM take 1024; the built-in
+# micro models far less): there memory matters, so training recomputes activations by default
+# (`recompute: auto`) and maps large allocations apart on CPU.
+REAL_FROM_SIZE = 512
+
+
+def real_resolution(model: nn.Module) -> bool:
+    """Whether the model's input is of the real models' size."""
+    from bench.sam_predictor import is_sam
+
+    size = model.image_encoder.img_size if is_sam(model) else model.image_size
+    return size >= REAL_FROM_SIZE

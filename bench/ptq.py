@@ -54,8 +54,8 @@ from torch import nn
 from bench import BenchError, progress
 from bench.calib import CalibData, CalibImage
 from bench.method import Method, QuantConfig
+from bench.models import real_resolution
 from bench.peak import map_large_allocations
-from bench.qat import real_resolution
 from bench.quant import quant_attentions, quant_layers, wrap
 from bench.quant.attention import QuantSamEncoderAttention
 from bench.quant.calibrate import calibrate_activations, calibrate_weights

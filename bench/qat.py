@@ -93,6 +93,7 @@ from tqdm import tqdm
 from bench import BenchError
 from bench.calib import CalibData
 from bench.method import Method, QuantConfig
+from bench.models import real_resolution
 from bench.peak import map_large_allocations
 from bench.qat_samples import ClipSample, ImageSample, Sample, model_samples
 from bench.quant.attention import QuantAttentionMixin
@@ -108,9 +109,6 @@ DISTILL = ("kl", "mse")
 SEG_LOSSES = ("focal", "bce")
 CLIP_SCOPES = ("joint", "separate")
 RECOMPUTE = ("auto", "off", "attention", "blocks", "all")
-# `recompute: auto` is "all" from this input size up (the real models: 1024 for SAM2.1 and SAM);
-# below it activations are small and recomputing costs time.
-RECOMPUTE_FROM_SIZE = 512
 # Hidden values per call above which training runs an image-encoder block's MLP in chunks of
 # token rows (2^22 fp32 values = 16 MiB; SAM2.1's first Hiera stage makes 25M per frame).
 TRAIN_MLP_ELEMENTS = 2**22
@@ -397,13 +395,6 @@ def recompute_mode(model: nn.Module, cfg: QATConfig) -> str:
     if cfg.recompute != "auto":
         return cfg.recompute
     return "all" if real_resolution(model) else "off"
-
-
-def real_resolution(model: nn.Module) -> bool:
-    """Whether the model's input is of the real models' size (memory matters: recomputation on
-    by default, large allocations mapped apart on CPU); the built-in micro models' is not."""
-    size = model.image_encoder.img_size if is_sam(model) else model.image_size
-    return size >= RECOMPUTE_FROM_SIZE
 
 
 def checkpointed_blocks(model: nn.Module) -> list[nn.Module]:

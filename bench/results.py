@@ -112,6 +112,14 @@ METRICS: tuple[Metric, ...] = (
            tolerance=0.01),
     Metric("latency", "fidelity_delta_mIoU", "mIoU deployed - fake-quant", None, digits=2, tolerance=0.5),
     Metric("latency", "fidelity_delta_J&F", "J&F deployed - fake-quant", None, digits=2, tolerance=0.5),
+    # the same comparisons between the fake-quant model and itself under one-ulp noise: their floor
+    Metric("latency", "noise_instseg_mask_iou", "mask IoU fake-quant vs itself + ulp noise (instseg)", True,
+           unit="x", digits=3, tolerance=0.01, table=False),
+    Metric("latency", "noise_vos_mask_iou", "mask IoU fake-quant vs itself + ulp noise (vos)", True, unit="x",
+           digits=3, tolerance=0.01),
+    Metric("latency", "noise_delta_mIoU", "mIoU with ulp noise - without", None, digits=2, tolerance=0.5,
+           table=False),
+    Metric("latency", "noise_delta_J&F", "J&F with ulp noise - without", None, digits=2, tolerance=0.5),
 )
 _BY_KEY = {(m.task, m.key): m for m in METRICS}
 HEADLINE = {m.task: m for m in METRICS if m.headline}

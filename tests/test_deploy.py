@@ -16,6 +16,7 @@ from bench import BenchError
 from bench.deploy import BACKENDS, Int4WeightLinear, Int8Linear, config_of, deploy
 from bench.quant.fake import QuantSpec
 from bench.quant.modules import QuantLinear
+from bench.tasks.latency import ulp_noise
 from tests.conftest import make_method
 from tests.test_qat import _one_thread, calib  # noqa: F401  (fixtures: one thread, a tiny calibration set)
 
@@ -103,6 +104,27 @@ def test_latency_task_record_on_micro(tmp_path):
         assert m[k] > 0
     assert m["fidelity_instseg_mask_iou"] >= 0.98 and m["fidelity_vos_mask_iou"] >= 0.98
     assert abs(m["fidelity_delta_mIoU"]) <= 0.5 and abs(m["fidelity_delta_J&F"]) <= 0.5
+    # the noise floor: the fake-quant model against itself under one-ulp noise, also measured
+    for k in ("noise_instseg_mask_iou", "noise_vos_mask_iou"):
+        assert 0.9 <= m[k] <= 1.0
+    assert abs(m["noise_delta_mIoU"]) <= 0.5 and abs(m["noise_delta_J&F"]) <= 1.0
+
+
+def test_ulp_noise_moves_each_output_one_ulp_and_is_removed():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8))
+    x = torch.randn(4, 16)
+    with torch.inference_mode():
+        h = model[0](x)
+        with ulp_noise(model, ["0"]):
+            noisy = model[0](x)
+            again = model[0](x)
+        assert torch.equal(model[0](x), h)  # hook gone
+    up = noisy > h
+    inf = torch.tensor(torch.inf)
+    # every element moved by exactly one unit in the last place, up or down
+    assert torch.equal(noisy, torch.where(up, torch.nextafter(h, inf), torch.nextafter(h, -inf)))
+    assert 0.3 < up.float().mean() < 0.7 and not torch.equal(noisy, again)  # random directions
 
 
 def test_latency_task_records_a_configuration_without_backend(tmp_path):

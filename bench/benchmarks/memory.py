@@ -38,14 +38,13 @@ from torch import nn
 from bench import BenchError
 from bench.calib import CalibData
 from bench.method import Method
-from bench.models import MODELS, build_model
+from bench.models import MODELS, build_model, real_resolution
 from bench.peak import Meter, map_large_allocations
 from bench.qat import (
     RECOMPUTE,
     QATConfig,
     forward,
     make_optimizer,
-    real_resolution,
     recomputation,
     recompute_mode,
     teacher_outputs,

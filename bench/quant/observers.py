@@ -40,8 +40,7 @@ from bench.quant.modules import QuantLayer
 
 ACT_OBSERVERS = ("minmax", "avg_minmax", "avg_mse")
 WEIGHT_OBSERVERS = ("mse", "minmax")
-CHUNK_ELEMENTS = 2**24  # candidate x value elements evaluated at once (64 MiB of fp32)
-CACHE_ELEMENTS = 2**17  # the same in the 2-D grid's inner loop (fits in cache)
+CACHE_ELEMENTS = 2**17  # candidate x value elements a range search evaluates at once (fits in cache)
 
 
 @dataclass(frozen=True)
@@ -134,15 +133,21 @@ def lp_errors(
     weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean |fake_quant(x) - x|^p per candidate and row, (candidates, rows), with the scale and
-    zero point each range gets from `qparams_from_range` (what `set_range` installs)."""
+    zero point each range gets from `qparams_from_range` (what `set_range` installs). Chunks of
+    candidates small enough to stay in cache, each worked on in place (one temporary)."""
     x = x.float()
     scale, zp = qparams_from_range(lo, hi, spec)
-    per = max(1, CHUNK_ELEMENTS // max(1, x.numel()))
+    shifted = bool((zp != 0).any())  # else adding and taking off the zero point changes nothing
+    per = max(1, CACHE_ELEMENTS // max(1, x.numel()))
     out = []
     for i in range(0, scale.shape[0], per):
         s, z = scale[i : i + per, :, None], zp[i : i + per, :, None]
-        q = torch.clamp(torch.round(x[None] / s) + z, spec.qmin, spec.qmax)
-        out.append(_mean(((q - z) * s - x[None]).abs_().pow_(p), weights))
+        q = torch.div(x[None], s).round_()
+        if shifted:
+            q.add_(z).clamp_(spec.qmin, spec.qmax).sub_(z)
+        else:
+            q.clamp_(spec.qmin, spec.qmax)
+        out.append(_mean(q.mul_(s).sub_(x[None]).abs_().pow_(p), weights))
     return torch.cat(out)
 
 

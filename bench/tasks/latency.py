@@ -16,14 +16,17 @@ Fidelity (with a COCO-layout set, `coco_root`): on the instseg boxes, the deploy
 masks against the fake-quantized model's (mean IoU over objects) and the mIoU difference;
 with a video set (`davis_root`), the same per object and frame, and the J&F difference.
 This checks that the fake-quant accuracy the harness reports is what the deployed model gives.
+The same comparison between the fake-quantized model and itself with one-ulp noise at the
+deployed layers' outputs (`noise_*`) is the floor of what float rounding alone moves.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +42,7 @@ from bench.tasks import TaskContext
 
 REPEATS = 5  # timed rounds per variant (the tracked frame: half as many clips)
 CLIP_FRAMES = 4  # frames of the synthetic clip a tracked frame is timed on
+NOISE_SEED = 0  # of the one-ulp noise the fidelity's noise floor is measured under
 
 
 def float_model(model: nn.Module) -> nn.Module:
@@ -157,32 +161,72 @@ def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
-def fidelity(fake: nn.Module, dep: nn.Module, ctx: TaskContext) -> dict:
-    """Deployed vs fake-quantized on the task data (each dataset given)."""
+@contextlib.contextmanager
+def ulp_noise(model: nn.Module, names: list[str], seed: int = NOISE_SEED) -> Iterator[None]:
+    """Each named module's output moved by one float unit in the last place, up or down at
+    random: rounding-level noise at the layers a deployment replaces."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def hook(_module: nn.Module, _inputs: tuple, out: torch.Tensor) -> torch.Tensor:
+        up = torch.rand(out.shape, generator=gen) < 0.5
+        return torch.nextafter(out, torch.where(up.to(out.device), torch.inf, -torch.inf).to(out.dtype))
+
+    handles = [model.get_submodule(n).register_forward_hook(hook) for n in names]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _outputs(model: nn.Module, ctx: TaskContext, tag: str) -> dict:
+    """The model's instseg masks and mIoU, and its VOS prediction folder and J&F (each dataset given)."""
     from bench.tasks import instseg, vos
 
-    out = {}
     opts = {**ctx.options, "progress": False}
+    out = {}
     if opts.get("coco_root"):
         sub = TaskContext(ctx.model_name, ctx.device, ctx.work_dir, opts)
         ds = instseg.dataset(sub)
-        a, b = (list(instseg.predictions(m, sub, ds)) for m in (fake, dep))
-        ious = [_mask_iou(ma, mb) for (_, ma), (_, mb) in zip(a, b)]
-        out["fidelity_instseg_mask_iou"] = float(np.mean(ious)) if ious else None
-        out["fidelity_delta_mIoU"] = instseg.score(ds, b)["mIoU"] - instseg.score(ds, a)["mIoU"]
-    if opts.get("davis_root") and _is_sam2(dep):
-        runs = []
-        for tag, m in (("fake", fake), ("deployed", dep)):
-            work = ctx.work_dir / f"fidelity_{tag}"
-            work.mkdir(parents=True, exist_ok=True)
-            runs.append((vos.run(m, TaskContext(ctx.model_name, ctx.device, work, opts)), work / "vos_predictions"))
+        preds = list(instseg.predictions(model, sub, ds))
+        out["instseg"] = ([m for _, m in preds], instseg.score(ds, preds)["mIoU"])
+    if opts.get("davis_root") and _is_sam2(model):
+        work = ctx.work_dir / f"fidelity_{tag}"
+        work.mkdir(parents=True, exist_ok=True)
+        jf = vos.run(model, TaskContext(ctx.model_name, ctx.device, work, opts))["J&F"]
+        out["vos"] = (work / "vos_predictions", jf)
+    return out
+
+
+def _agreement(a: dict, b: dict, prefix: str) -> dict:
+    """Mask IoU between two models' outputs (mean over instseg objects; over VOS objects and
+    frames) and the metric differences b - a."""
+    out = {}
+    if "instseg" in a:
+        ious = [_mask_iou(ma, mb) for ma, mb in zip(a["instseg"][0], b["instseg"][0])]
+        out[f"{prefix}_instseg_mask_iou"] = float(np.mean(ious)) if ious else None
+        out[f"{prefix}_delta_mIoU"] = b["instseg"][1] - a["instseg"][1]
+    if "vos" in a:
         ious = []
-        for png in sorted(runs[0][1].rglob("*.png")):
+        for png in sorted(a["vos"][0].rglob("*.png")):
             la = np.array(Image.open(png))
-            lb = np.array(Image.open(runs[1][1] / png.relative_to(runs[0][1])))
+            lb = np.array(Image.open(b["vos"][0] / png.relative_to(a["vos"][0])))
             ious += [_mask_iou(la == i, lb == i) for i in np.union1d(np.unique(la), np.unique(lb)) if i]
-        out["fidelity_vos_mask_iou"] = float(np.mean(ious)) if ious else None
-        out["fidelity_delta_J&F"] = runs[1][0]["J&F"] - runs[0][0]["J&F"]
+        out[f"{prefix}_vos_mask_iou"] = float(np.mean(ious)) if ious else None
+        out[f"{prefix}_delta_J&F"] = b["vos"][1] - a["vos"][1]
+    return out
+
+
+def fidelity(fake: nn.Module, dep: Deployment, ctx: TaskContext) -> dict:
+    """Deployed vs fake-quantized on the task data, and the noise floor of that comparison: the
+    fake-quantized model against itself with one-ulp noise at the deployed layers' outputs
+    (`noise_*`). A deployed layer differs from its fake-quantized one by float rounding, which
+    can move a later activation's code by one; where tracking amplifies that, the noise floor
+    shows how far two equally valid roundings of the same model disagree."""
+    ref = _outputs(fake, ctx, "fake")
+    out = _agreement(ref, _outputs(dep.model, ctx, "deployed"), "fidelity")
+    with ulp_noise(fake, dep.converted):
+        out.update(_agreement(ref, _outputs(fake, ctx, "fake_ulp"), "noise"))
     return out
 
 
@@ -198,5 +242,5 @@ def run(model: nn.Module, ctx: TaskContext) -> dict:
         t.numel() * t.element_size() for n, t in dep.model.state_dict().items()
         if n.rpartition(".")[0] not in dep.converted)
     out.update(timings(float_model(model), dep.model, ctx))
-    out.update(fidelity(model, dep.model, ctx))
+    out.update(fidelity(model, dep, ctx))
     return out
