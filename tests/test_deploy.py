@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import subprocess
 import sys
 
@@ -125,6 +126,21 @@ def test_ulp_noise_moves_each_output_one_ulp_and_is_removed():
     # every element moved by exactly one unit in the last place, up or down
     assert torch.equal(noisy, torch.where(up, torch.nextafter(h, inf), torch.nextafter(h, -inf)))
     assert 0.3 < up.float().mean() < 0.7 and not torch.equal(noisy, again)  # random directions
+
+
+def test_backend_benchmark_prints_every_variant_and_the_goals():
+    """The backend benchmark (README "Deployed models") at a small input: every variant timed,
+    the W4 bytes goal computed from the deployed layers."""
+    proc = subprocess.run([sys.executable, "-m", "bench.benchmarks.deploy", "--repeats", "1", "--size", "256",
+                           "--threads", "1"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    for row in ("| fp32 |", "| BF16 Linears (reference) |", "| W8A8 int8-onednn |", "| W8A8 int8-intmm |",
+                "| W4 int4-tinygemm |"):
+        assert row in out
+    ratio = float(re.search(r"goal W4 deployed weights <= 0.3x BF16: ([0-9.]+)x", out).group(1))
+    assert 0.25 < ratio <= 0.3  # 4-bit codes packed two a byte plus a scale and zero point per group
+    assert re.search(r"goal W8A8 deployed >= 1.3x faster than fp32: W8A8 int8-\w+ [0-9.]+x", out)
 
 
 def test_latency_task_records_a_configuration_without_backend(tmp_path):

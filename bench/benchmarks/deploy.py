@@ -5,7 +5,8 @@ W8A8 on every encoder Linear (weights per channel, inputs per tensor; convolutio
 attention core stay float, as in the issue's probe) fake-quantized, and deployed on each W8A8
 backend of bench.deploy; weight-only W4 fake-quantized and deployed (int4-tinygemm); and,
 where torchao is installed, its own configs on the same layers as candidates (they choose
-their own scales: a speed reference, not the method's model). Weights are random (timing
+their own scales: a speed reference, not the method's model); and the encoder's Linear layers
+in BF16, unquantized, the reference for the BF16 weight-only kernels. Weights are random (timing
 does not depend on them). Prints the deployed weights' bytes against BF16 for the layers
 covered, and the goals: W8A8 deployed >= 1.3x faster than FP32, W4 weights <= 0.3x BF16.
 
@@ -92,7 +93,10 @@ def main() -> None:
     (x,) = images(1, seed=0, size=args.size)
     scope = LINEAR_ONLY["sam2.1-t"]
     w8a8, w4 = (ours(fp, False, calib, scope, w, a) for w, a in ((8, 8), (4, None)))
-    variants: dict[str, nn.Module] = {"fp32": fp, "W8A8 fake-quant": w8a8, "W4 fake-quant": w4}
+    bf16 = copy.deepcopy(fp)
+    _linears_in_bf16(bf16.image_encoder)  # what the BF16 weight-only kernels start from
+    variants: dict[str, nn.Module] = {"fp32": fp, "BF16 Linears (reference)": bf16, "W8A8 fake-quant": w8a8,
+                                      "W4 fake-quant": w4}
     sizes = {}
     for name, b in BACKENDS.items():
         dep = deploy(w8a8 if b.config == "W8A8" else w4, name)
