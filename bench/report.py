@@ -417,15 +417,20 @@ def paper_table(cells: pd.DataFrame, paper: pd.DataFrame) -> Table:
 TABLE_VIEWS = {None: "", "fp": "_delta", "rtn": "_vs_rtn"}
 
 
+def _baseline_has(cells: pd.DataFrame, m: Metric, baseline: str) -> bool:
+    """Whether some cell of the baseline method on the metric's task has a value of it."""
+    rows = cells[(cells["method"] == baseline) & (cells["task"] == m.task)]
+    return any(isinstance(metrics, dict) and metrics.get(m.key) is not None for metrics in rows["metrics"])
+
+
 def write_tables(cells: pd.DataFrame, folder: Path) -> list[str]:
     """Every metric table and its difference views (to FP, to RTN), md + tex; README lines."""
     lines = []
-    has_rtn = "rtn" in set(cells["method"])
     for m in table_metrics(cells):
         links = []
         for baseline, suffix in TABLE_VIEWS.items():
-            if baseline == "rtn" and not has_rtn:
-                continue
+            if baseline and not _baseline_has(cells, m, baseline):
+                continue  # no difference to show (e.g. the latency task's fidelity: FP deploys nothing)
             t = metric_table(cells, m, baseline=baseline)
             (folder / f"{m.stem}{suffix}.md").write_text(to_markdown(t))
             (folder / f"{m.stem}{suffix}.tex").write_text(to_latex(t))

@@ -381,3 +381,7 @@ def test_accuracy_against_deployed_latency_and_bytes(tmp_path):
         assert f"plots/{stem}.png" in (out / "README.md").read_text()
     assert not (out / "plots" / "latency_image_encoder_speedup_vs_bits.png").exists()
     assert (out / "tables" / "latency_image_encoder_ms.md").is_file()
+    # no FP cell has a latency value: no "difference to FP" view of it; RTN has one: its view is there
+    assert not (out / "tables" / "latency_image_encoder_ms_delta.md").exists()
+    assert (out / "tables" / "latency_image_encoder_ms_vs_rtn.md").is_file()
+    assert (out / "tables" / "instseg_miou_delta.md").is_file()
