@@ -35,6 +35,7 @@ from PIL import Image
 from torch import nn
 
 from bench import BenchError
+from bench.data.coco import CocoSet
 from bench.deploy import Deployment, deploy
 from bench.peak import Meter
 from bench.quant.fake import FakeQuantizer
@@ -179,17 +180,16 @@ def ulp_noise(model: nn.Module, names: list[str], seed: int = NOISE_SEED) -> Ite
             h.remove()
 
 
-def _outputs(model: nn.Module, ctx: TaskContext, tag: str) -> dict:
-    """The model's instseg masks and mIoU, and its VOS prediction folder and J&F (each dataset given)."""
+def _outputs(model: nn.Module, ctx: TaskContext, tag: str, coco: CocoSet | None) -> dict:
+    """The model's instseg masks and mIoU on `coco` (the instseg set, read once), and its VOS
+    prediction folder and J&F (with a video set)."""
     from bench.tasks import instseg, vos
 
     opts = {**ctx.options, "progress": False}
     out = {}
-    if opts.get("coco_root"):
-        sub = TaskContext(ctx.model_name, ctx.device, ctx.work_dir, opts)
-        ds = instseg.dataset(sub)
-        preds = list(instseg.predictions(model, sub, ds))
-        out["instseg"] = ([m for _, m in preds], instseg.score(ds, preds)["mIoU"])
+    if coco is not None:
+        preds = list(instseg.predictions(model, TaskContext(ctx.model_name, ctx.device, ctx.work_dir, opts), coco))
+        out["instseg"] = ([m for _, m in preds], instseg.score(coco, preds)["mIoU"])
     if opts.get("davis_root") and _is_sam2(model):
         work = ctx.work_dir / f"fidelity_{tag}"
         work.mkdir(parents=True, exist_ok=True)
@@ -223,10 +223,13 @@ def fidelity(fake: nn.Module, dep: Deployment, ctx: TaskContext) -> dict:
     (`noise_*`). A deployed layer differs from its fake-quantized one by float rounding, which
     can move a later activation's code by one; where tracking amplifies that, the noise floor
     shows how far two equally valid roundings of the same model disagree."""
-    ref = _outputs(fake, ctx, "fake")
-    out = _agreement(ref, _outputs(dep.model, ctx, "deployed"), "fidelity")
+    from bench.tasks import instseg
+
+    coco = instseg.dataset(ctx) if ctx.options.get("coco_root") else None
+    ref = _outputs(fake, ctx, "fake", coco)
+    out = _agreement(ref, _outputs(dep.model, ctx, "deployed", coco), "fidelity")
     with ulp_noise(fake, dep.converted):
-        out.update(_agreement(ref, _outputs(fake, ctx, "fake_ulp"), "noise"))
+        out.update(_agreement(ref, _outputs(fake, ctx, "fake_ulp", coco), "noise"))
     return out
 
 
