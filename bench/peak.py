@@ -14,13 +14,14 @@ import time
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from bench import BenchError
 
 MMAP_THRESHOLD = 256 << 10  # bytes: larger allocations get their own mapping (glibc's M_MMAP_THRESHOLD)
 
 
-def map_large_allocations() -> bool:
+def map_large_allocations(model: nn.Module | None = None) -> bool:
     """On Linux with glibc: from now on every allocation above MMAP_THRESHOLD gets its own
     memory mapping, returned to the system when freed. glibc's default threshold starts at
     128 KiB and rises to the size of each large block freed, up to 32 MiB, so most tensors of
@@ -28,9 +29,16 @@ def map_large_allocations() -> bool:
     is free: a step's resident peak is then set by fragmentation more than by live tensors
     (the README's memory figures measure both). Process-wide and lasting; returns whether
     it took effect: not without glibc, nor with the environment variable BENCH_MALLOC=default
-    (glibc's own behaviour, e.g. to compare)."""
+    (glibc's own behaviour, e.g. to compare). With `model`: only for a model on CPU at the
+    real resolution (`bench.models.real_resolution`; the micro models' allocations are small and
+    mapping each costs their runs time), the rule training and reconstruction follow."""
     if os.environ.get("BENCH_MALLOC", "mapped") == "default":
         return False
+    if model is not None:
+        from bench.models import real_resolution
+
+        if next(model.parameters()).device.type != "cpu" or not real_resolution(model):
+            return False
     return set_mmap_threshold(MMAP_THRESHOLD)
 
 

@@ -54,7 +54,6 @@ from torch import nn
 from bench import BenchError, progress
 from bench.calib import CalibData, CalibImage
 from bench.method import Method, QuantConfig
-from bench.models import real_resolution
 from bench.peak import map_large_allocations
 from bench.quant import quant_attentions, quant_layers, wrap
 from bench.quant.attention import QuantSamEncoderAttention
@@ -279,8 +278,8 @@ class PTQPipeline(Method):
     def apply(self, model: nn.Module, calib: CalibData | None) -> nn.Module:
         cfg = self.config
         fp_model = copy.deepcopy(model).eval() if cfg.recon else None
-        if cfg.recon and next(model.parameters()).device.type == "cpu" and real_resolution(model):
-            map_large_allocations()  # freed captures and activations go back to the system (bench.peak)
+        if cfg.recon:
+            map_large_allocations(model)  # freed captures and activations go back to the system (bench.peak)
         wrap(model, cfg.plan())
         for attn in quant_attentions(model).values():
             if isinstance(attn, QuantSamEncoderAttention):

@@ -577,8 +577,7 @@ def train(
         q.train()  # LSC updates its EMA statistics in training mode
     order = sample_order(samples, cfg.video_share, torch.Generator().manual_seed(seed))
     info["recompute"] = recompute_mode(model, cfg)
-    if device.type == "cpu" and real_resolution(model):
-        map_large_allocations()  # freed activations go back to the system: the resident peak is what is live
+    map_large_allocations(model)  # freed activations go back to the system: the resident peak is what is live
     t0 = time.perf_counter()
     ema = None
     bar = tqdm(range(cfg.steps), desc=desc, file=sys.stderr, mininterval=5, disable=cfg.steps == 0)

@@ -347,3 +347,11 @@ def test_malloc_benchmark_times_both_rules():
     rows = [line.split("|")[1:-1] for line in proc.stdout.splitlines() if line.startswith("| ") and " s |" not in line]
     assert [r[0].split(" (")[0].strip() for r in rows] == ["glibc's ceiling", "mapped apart"]
     assert all(float(v) > 0 for r in rows for v in r[1:])
+
+
+def test_large_allocations_are_mapped_for_real_sized_cpu_models_only(micro_fp, monkeypatch):
+    """Training's rule: the micro model (not at the real resolution) keeps glibc's allocator."""
+    from bench.peak import map_large_allocations
+
+    monkeypatch.setenv("BENCH_MALLOC", "mapped")
+    assert map_large_allocations(micro_fp) is False

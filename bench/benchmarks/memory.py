@@ -38,7 +38,7 @@ from torch import nn
 from bench import BenchError
 from bench.calib import CalibData
 from bench.method import Method
-from bench.models import MODELS, build_model, real_resolution
+from bench.models import MODELS, build_model
 from bench.peak import Meter, map_large_allocations
 from bench.qat import (
     RECOMPUTE,
@@ -260,8 +260,7 @@ def run_part(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         calib = CalibData.from_datasets(str(root / "davis"), str(root / "coco"), args.calib_n, Path(tmp))
         model = build_model(args.model, random_init=True, device=args.device)
-        if device.type == "cpu" and real_resolution(model):  # training's rule; BENCH_MALLOC=default: glibc's
-            map_large_allocations()
+        map_large_allocations(model)  # training's rule; BENCH_MALLOC=default: glibc's
         bits = f"W{args.bits}A{args.bits}"
         if args.part in RECON:
             name, options = RECON[args.part]
